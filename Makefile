@@ -1,0 +1,60 @@
+# graft: `make serve` and `make test` each set everything up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+GRAFT := $(VENV)/bin/graft
+PORT ?= 3000
+ARTIFACTS ?= artifacts
+DEFAULT_MODEL := $(ARTIFACTS)/tf_efficientnet_lite0
+STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system-deps test test-fast serve default-model bento bench bench-quick duplicates clean
+
+install: $(STAMP)
+
+# The venv is rebuilt when the declared dependencies or the tested pins change.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,bench,test]"
+	touch $@
+
+# Test data from Debian: Fashion-MNIST's idx files.
+system-deps: $(FASHION_MNIST)
+$(FASHION_MNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+test: install system-deps
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+# The default model: ImageNet EfficientNet-Lite0 from an installed package, exported once.
+default-model: $(DEFAULT_MODEL)/manifest.json
+$(DEFAULT_MODEL)/manifest.json: | $(STAMP)
+	$(GRAFT) export --backbone tf_efficientnet_lite0 --out $(DEFAULT_MODEL) --overwrite
+
+serve: install default-model
+	$(GRAFT) serve --model $(DEFAULT_MODEL) --port $(PORT)
+
+bento: install default-model
+	$(GRAFT) register $(DEFAULT_MODEL)
+	$(VENV)/bin/bentoml build
+
+bench: install default-model
+	$(GRAFT) bench model
+	$(GRAFT) bench service
+
+bench-quick: install default-model
+	$(GRAFT) bench service --quick
+
+duplicates:
+	duplicates --change
+
+clean:
+	rm -rf $(ARTIFACTS) .pytest_cache

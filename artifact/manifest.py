@@ -1,0 +1,197 @@
+"""The artifact manifest: the single source of truth about an exported model.
+
+An artifact is a directory holding `model.onnx` and `manifest.json`. The service reads sizes, labels,
+normalisation and tensor names from here and hard-codes none of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from artifact.errors import GraftError
+from artifact.preprocessing import PreprocessingSpec
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+
+Task = Literal["classifier", "embedder"]
+
+
+class ManifestError(GraftError, ValueError):
+    """A manifest is missing, malformed, or disagrees with itself."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named model input or output; `None` in `shape` marks a dynamic axis."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: Literal["float32", "float16"] = "float32"
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """The graph's inputs and outputs. Axis 0 of every tensor is the dynamic batch axis."""
+
+    input: TensorSpec
+    outputs: tuple[TensorSpec, ...]
+    layout: Literal["NCHW"] = "NCHW"
+
+    def output(self, name: str) -> TensorSpec:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"expected an output named one of {[o.name for o in self.outputs]}, got {name!r}")
+
+
+@dataclass(frozen=True)
+class ParityFigures:
+    """What the export gate measured: PyTorch vs ONNX Runtime on real images."""
+
+    images: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    max_abs_diff: dict[str, float]
+    top1_agreement: float | None = Field(default=None, ge=0, le=1)
+    tolerance: float = Field(gt=0)
+    sources: tuple[str, ...] = ()
+    provider: str = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where the backbone's weights came from and whether they are trained at all."""
+
+    source: str
+    pretrained: bool
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a consumer needs to run `model.onnx` correctly."""
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    task: Task
+    backbone: str
+    created_at: str
+    preprocessing: PreprocessingSpec
+    io: IOSpec
+    embedding_dim: int = Field(gt=0)
+    weights: WeightsInfo
+    sha256: dict[str, str]
+    parity: dict[str, ParityFigures]
+    labels: tuple[str, ...] = ()
+    producer: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+    precision: Literal["fp32", "fp16"] = "fp32"
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.schema_version != SCHEMA_VERSION:
+            raise ValueError(
+                f"expected manifest schema_version {SCHEMA_VERSION}, got {self.schema_version}"
+            )
+        names = [o.name for o in self.io.outputs]
+        embedding = self.io.output("embedding") if "embedding" in names else None
+        if embedding is None:
+            raise ValueError(f"expected an 'embedding' output, got outputs {names}")
+        if embedding.shape[-1] != self.embedding_dim:
+            raise ValueError(
+                f"expected embedding output of dim {self.embedding_dim}, got shape {embedding.shape}"
+            )
+        if self.task == "classifier":
+            if "logits" not in names:
+                raise ValueError(f"expected a classifier to have a 'logits' output, got {names}")
+            if not self.labels:
+                raise ValueError("expected a classifier to list its labels, got none")
+            logits = self.io.output("logits")
+            if logits.shape[-1] != len(self.labels):
+                raise ValueError(
+                    f"expected {logits.shape[-1]} labels for logits of shape {logits.shape}, "
+                    f"got {len(self.labels)}"
+                )
+        elif "logits" in names or self.labels:
+            raise ValueError("expected an embedder to have no 'logits' output and no labels")
+        expected_input = (None, 3, *self.preprocessing.input_size)
+        if tuple(self.io.input.shape) != expected_input:
+            raise ValueError(
+                f"expected input shape {expected_input} from preprocessing, got {self.io.input.shape}"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _ADAPTER.dump_python(self, mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        """Parse and validate a manifest; raise `ManifestError` naming every problem."""
+        try:
+            return _ADAPTER.validate_json(text)
+        except ValidationError as error:
+            raise ManifestError(f"invalid manifest: {error}") from error
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        try:
+            return _ADAPTER.validate_python(data)
+        except ValidationError as error:
+            raise ManifestError(f"invalid manifest: {error}") from error
+
+
+_ADAPTER = TypeAdapter(Manifest)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
+    """Write `manifest.json` atomically (temp file, then rename)."""
+    path = Path(directory) / MANIFEST_FILE
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(manifest.to_json())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    """Read and validate an artifact directory's manifest."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(f"expected an artifact directory with {MANIFEST_FILE}, got {directory}")
+    return Manifest.from_json(path.read_bytes())
+
+
+def verify_model_hash(directory: str | Path, manifest: Manifest) -> None:
+    """Check `model.onnx` against the manifest's hash; raise `ManifestError` on mismatch."""
+    actual = sha256_file(Path(directory) / MODEL_FILE)
+    expected = manifest.sha256.get("model")
+    if actual != expected:
+        raise ManifestError(f"expected {MODEL_FILE} sha256 {expected}, got {actual}: file changed")

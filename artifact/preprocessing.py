@@ -1,0 +1,108 @@
+"""The one preprocessing function: decoded RGB image -> model input array, driven by a spec.
+
+Evaluation in `models/`, the export parity gate, the service and the benchmarks all call `preprocess`,
+so the model is always fed exactly what evaluation measured. The steps reproduce timm's and
+torchvision's eval transform (resize shorter side, centre crop, scale to [0, 1], normalise) with
+Pillow's resampling, which is what those transforms use on PIL images.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import numpy as np
+from PIL import Image
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
+
+_PIL_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessingSpec:
+    """How an RGB image becomes the model's input.
+
+    Attributes:
+        input_size: (height, width) of the array fed to the model.
+        resize_size: the shorter image side is resized to this before the centre crop.
+        interpolation: Pillow resampling filter used for the resize.
+        mean: per-channel mean subtracted after scaling pixels to [0, 1] (RGB order).
+        std: per-channel standard deviation divided by after subtracting the mean.
+        channel_order: channel order of the input array; only RGB is produced.
+        layout: memory layout of one image; the model input adds a leading batch axis.
+    """
+
+    input_size: tuple[int, int]
+    resize_size: int = Field(gt=0)
+    interpolation: Interpolation = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: Literal["RGB"] = "RGB"
+    layout: Literal["CHW"] = "CHW"
+
+    def __post_init__(self) -> None:
+        height, width = self.input_size
+        if height <= 0 or width <= 0:
+            raise ValueError(f"input_size must be positive, got {self.input_size}")
+        if self.resize_size < max(height, width):
+            raise ValueError(
+                f"resize_size must be >= the crop {self.input_size}, got {self.resize_size}"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+
+
+def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """(width, height) after resizing the shorter side to `shorter`, as torchvision computes it."""
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
+
+
+def to_array(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
+    """Scale an RGB image of the input size to [0, 1], normalise it and return float32 CHW."""
+    if image.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {image.mode}")
+    if image.size != (spec.input_size[1], spec.input_size[0]):
+        raise ValueError(
+            f"expected an image of {spec.input_size[1]}x{spec.input_size[0]}, got "
+            f"{image.size[0]}x{image.size[1]}"
+        )
+    array = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    array -= np.asarray(spec.mean, dtype=np.float32)
+    array /= np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def preprocess(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
+    """Turn a decoded image into one model input: float32 [3, H, W].
+
+    Args:
+        image: any PIL image; non-RGB modes are converted to RGB.
+        spec: the model's preprocessing spec (from its manifest or registry entry).
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    out_w, out_h = resized_size(image.width, image.height, spec.resize_size)
+    if (out_w, out_h) != image.size:
+        image = image.resize((out_w, out_h), _PIL_RESAMPLE[spec.interpolation])
+    crop_h, crop_w = spec.input_size
+    # Same rounding as torchvision's center_crop, so arrays match timm/torchvision bit for bit.
+    top = int(round((out_h - crop_h) / 2.0))
+    left = int(round((out_w - crop_w) / 2.0))
+    image = image.crop((left, top, left + crop_w, top + crop_h))
+    return to_array(image, spec)
+
+
+def preprocess_batch(images: Sequence[Image.Image], spec: PreprocessingSpec) -> np.ndarray:
+    """Stack `preprocess` over images into one float32 [N, 3, H, W] batch."""
+    if not images:
+        return np.empty((0, 3, *spec.input_size), dtype=np.float32)
+    return np.stack([preprocess(image, spec) for image in images])
