@@ -1,0 +1,72 @@
+"""Shared fixtures: real photos from scikit-image, a small trained run, exported artifacts.
+
+The expensive fixtures are session-scoped and built through the public entry points (the `graft`
+CLI and `export.export_backbone`), so every suite tests against what users get.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle")
+
+
+def skimage_photo(name: str) -> Image.Image:
+    import skimage.data
+
+    return Image.fromarray(getattr(skimage.data, name)())
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Image.Image]:
+    """scikit-image's bundled real photos, by name, as RGB PIL images."""
+    return {name: skimage_photo(name) for name in PHOTOS}
+
+
+@pytest.fixture(scope="session")
+def photo_jpegs(tmp_path_factory, photos) -> dict[str, Path]:
+    """The same photos saved as JPEG files (quality 90)."""
+    folder = tmp_path_factory.mktemp("jpegs")
+    paths = {}
+    for name, image in photos.items():
+        paths[name] = folder / f"{name}.jpg"
+        image.save(paths[name], quality=90)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A feature-extraction run of Lite0 on a few hundred Fashion-MNIST images (CLI, real weights)."""
+    from graft_cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "fmnist-fe"
+    code = main([
+        "train", "--backbone", "tf_efficientnet_lite0", "--data", "fashion-mnist",
+        "--strategy", "feature-extract", "--limit-train", "300", "--limit-val", "100",
+        "--epochs", "30", "--seed", "0", "--out", str(out),
+    ])
+    assert code == 0, "graft train failed"
+    return out
+
+
+@pytest.fixture(scope="session")
+def lite0_classifier(tmp_path_factory) -> Path:
+    """The default model: ImageNet Lite0 classifier artifact (logits + embedding)."""
+    from export import export_backbone
+
+    out = tmp_path_factory.mktemp("artifacts") / "lite0"
+    export_backbone("tf_efficientnet_lite0", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lite0_embedder(tmp_path_factory) -> Path:
+    """Headless Lite0: an embedder artifact (embedding only)."""
+    from export import export_backbone
+
+    out = tmp_path_factory.mktemp("artifacts") / "lite0-embedder"
+    export_backbone("tf_efficientnet_lite0", out, headless=True)
+    return out
