@@ -19,7 +19,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[train,bench,test]"
+	# uv: `bentoml build` uses it to resolve the Bento's packages offline.
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,bench,test]" uv
 	touch $@
 
 # Test data from Debian: Fashion-MNIST's idx files.
