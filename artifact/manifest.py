@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
@@ -56,13 +56,19 @@ class IOSpec:
 
 @dataclass(frozen=True)
 class ParityFigures:
-    """What the export gate measured: PyTorch vs ONNX Runtime on real images."""
+    """What the export gate measured: PyTorch vs ONNX Runtime on real images.
 
-    images: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    An output passed when `max_abs_diff[name] <= tolerance * scale[name]`, where `scale` is
+    `max(1, max |PyTorch output|)`; a classifier also needed `top1_agreement >= min_top1_agreement`.
+    """
+
+    images: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
     max_abs_diff: dict[str, float]
+    tolerance: Annotated[float, Field(gt=0)]
+    scale: dict[str, float] = Field(default_factory=dict)
     top1_agreement: float | None = Field(default=None, ge=0, le=1)
-    tolerance: float = Field(gt=0)
+    min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     sources: tuple[str, ...] = ()
     provider: str = "CPUExecutionProvider"
 
@@ -80,14 +86,14 @@ class WeightsInfo:
 class Manifest:
     """Everything a consumer needs to run `model.onnx` correctly."""
 
-    name: str = Field(min_length=1)
-    version: str = Field(min_length=1)
+    name: Annotated[str, Field(min_length=1)]
+    version: Annotated[str, Field(min_length=1)]
     task: Task
     backbone: str
     created_at: str
     preprocessing: PreprocessingSpec
     io: IOSpec
-    embedding_dim: int = Field(gt=0)
+    embedding_dim: Annotated[int, Field(gt=0)]
     weights: WeightsInfo
     sha256: dict[str, str]
     parity: dict[str, ParityFigures]
@@ -170,9 +176,10 @@ def sha256_file(path: str | Path) -> str:
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
     """Write `manifest.json` atomically (temp file, then rename)."""
     path = Path(directory) / MANIFEST_FILE
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
+    # Not mkstemp: its 0600 would hide the manifest from a service running as another user.
+    tmp = Path(directory) / f".manifest-{uuid.uuid4().hex}.json"
     try:
-        with os.fdopen(fd, "w") as handle:
+        with open(tmp, "x") as handle:
             handle.write(manifest.to_json())
         os.replace(tmp, path)
     except BaseException:

@@ -1,0 +1,278 @@
+"""Export = ONNX export + `onnx.checker` + parity gate + manifest, as one step that succeeds or leaves nothing.
+
+Everything is written into a temporary directory beside the output and renamed into place at the
+end, so a failed export (bad input, checker, parity gate, interrupt) leaves no partial directory.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from artifact.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, WeightsInfo, sha256_file, write_manifest
+from artifact.preprocessing import PreprocessingSpec, preprocess_batch
+from export import graph, parity
+from export.errors import ExportError, OutputExists
+from models.backbones import Backbone, WeightsChoice, get_backbone, imagenet_labels
+from models.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+PARITY_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle")
+"""scikit-image's bundled real photos: every export's parity gate sees at least these."""
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What is being exported, and what the manifest says about where it came from."""
+
+    backbone: Backbone
+    backbone_name: str
+    name: str
+    labels: tuple[str, ...]
+    preprocessing: PreprocessingSpec
+    weights: WeightsInfo
+    source_sha256: dict[str, str]
+    metrics: dict[str, Any] | None = None
+    validation: tuple[str, list] | None = None
+    """(description, PIL images) from the run's validation data, for the parity gate."""
+
+
+def export_backbone(
+    name: str,
+    out: str | os.PathLike,
+    *,
+    headless: bool = False,
+    weights: WeightsChoice = "pretrained",
+    fp16: bool = False,
+    overwrite: bool = False,
+    model_name: str | None = None,
+) -> Manifest:
+    """Export a registry backbone with its ImageNet head (classifier) or without it (`headless`).
+
+    Args:
+        name: registry name, e.g. "tf_efficientnet_lite0".
+        out: the artifact directory to create.
+        headless: export an embedder (output `embedding` only) instead of a classifier.
+        weights: "pretrained", "none" (random init, recorded as untrained) or a state-dict path.
+        fp16: store a float16 model (float32 inputs/outputs), gated on top-1 agreement.
+        overwrite: replace an existing artifact directory at `out`.
+        model_name: the manifest's name; defaults to the backbone name (plus "-embedder").
+
+    Returns:
+        The manifest written to `out`.
+    """
+    entry = get_backbone(name)
+    _check_out(Path(out), overwrite)
+    backbone, source = entry.create(weights=weights)
+    untrained = str(weights) == "none"
+    source_file = Path(source)
+    weights_sha = sha256_file(source_file) if source_file.is_file() else None
+    labels: tuple[str, ...] = ()
+    if not headless:
+        labels = tuple(imagenet_labels())
+        if len(labels) != backbone.num_classes:
+            raise ExportError(
+                f"expected {name}'s ImageNet head to have {len(labels)} outputs, got {backbone.num_classes}"
+            )
+    return _export(
+        _Source(
+            backbone=backbone,
+            backbone_name=name,
+            name=model_name or (f"{name}-embedder" if headless else name),
+            labels=labels,
+            preprocessing=entry.preprocessing,
+            weights=WeightsInfo(
+                source="none (random init, untrained)" if untrained else source,
+                pretrained=not untrained,
+                sha256=weights_sha,
+            ),
+            source_sha256={"weights": weights_sha} if weights_sha else {},
+        ),
+        Path(out),
+        headless=headless,
+        fp16=fp16,
+        overwrite=overwrite,
+    )
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    fp16: bool = False,
+    overwrite: bool = False,
+    model_name: str | None = None,
+    validation_limit: int = 500,
+) -> Manifest:
+    """Export a `graft train` run dir as a classifier (`logits` and `embedding` from one forward).
+
+    The parity gate adds up to `validation_limit` of the run's validation images to the photos.
+
+    Raises:
+        CheckpointError: no checkpoint, or one whose head or weights disagree with its backbone/labels.
+    """
+    run_dir = Path(run_dir)
+    _check_out(Path(out), overwrite)
+    checkpoint = load_checkpoint(run_dir)
+    config = _read_json(run_dir / "config.json")
+    if config and config.get("backbone", checkpoint.backbone) != checkpoint.backbone:
+        raise CheckpointError(
+            f"expected the checkpoint's backbone to match config.json's {config['backbone']!r}, "
+            f"got {checkpoint.backbone!r}"
+        )
+    labels_file = _read_json(run_dir / "labels.json")
+    if labels_file is not None and list(labels_file) != list(checkpoint.labels):
+        raise CheckpointError(
+            f"expected labels.json to match the checkpoint's {len(checkpoint.labels)} labels, "
+            f"got {len(labels_file)} different ones"
+        )
+    backbone = checkpoint.build()
+    checkpoint_sha = sha256_file(run_dir / CHECKPOINT_FILE)
+    return _export(
+        _Source(
+            backbone=backbone,
+            backbone_name=checkpoint.backbone,
+            name=model_name or _tag_safe(run_dir.resolve().name),
+            labels=tuple(checkpoint.labels),
+            preprocessing=checkpoint.preprocessing,
+            weights=WeightsInfo(
+                source=f"graft run {run_dir.resolve()} (fine-tuned from {checkpoint.weights_source})",
+                pretrained=checkpoint.pretrained,
+                sha256=checkpoint_sha,
+            ),
+            source_sha256={"checkpoint": checkpoint_sha},
+            metrics=_read_json(run_dir / "metrics.json"),
+            validation=_validation_images(config, checkpoint.preprocessing, validation_limit),
+        ),
+        Path(out),
+        headless=False,
+        fp16=fp16,
+        overwrite=overwrite,
+    )
+
+
+def _export(source: _Source, out: Path, *, headless: bool, fp16: bool, overwrite: bool) -> Manifest:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkdtemp: its 0700 would hide the artifact from a service running as another user.
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        io = graph.io_spec(source.backbone, source.preprocessing.input_size, headless=headless)
+        fp32_path = tmp / ("model.fp32.onnx" if fp16 else MODEL_FILE)
+        graph.export_onnx(source.backbone, fp32_path, io)
+
+        inputs, sources = _parity_inputs(source)
+        reference = parity.torch_outputs(source.backbone, inputs, tuple(o.name for o in io.outputs))
+        figures = {"fp32": parity.check(fp32_path, inputs, reference, parity.FP32, sources)}
+        if fp16:
+            graph.convert_fp16(fp32_path, tmp / MODEL_FILE)
+            fp32_path.unlink()
+            figures["fp16"] = parity.check(tmp / MODEL_FILE, inputs, reference, parity.FP16, sources)
+
+        model_sha = sha256_file(tmp / MODEL_FILE)
+        manifest = Manifest(
+            name=source.name,
+            version=model_sha[:12],
+            task="embedder" if headless else "classifier",
+            backbone=source.backbone_name,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            preprocessing=source.preprocessing,
+            io=io,
+            embedding_dim=source.backbone.embedding_dim,
+            weights=source.weights,
+            sha256={"model": model_sha, **source.source_sha256},
+            parity=figures,
+            labels=() if headless else source.labels,
+            producer=_producer_versions(),
+            metrics=source.metrics,
+            precision="fp16" if fp16 else "fp32",
+        )
+        write_manifest(tmp, manifest)
+        _move_into_place(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s (%s %s, version %s)", out, manifest.task, manifest.precision, manifest.version)
+    return manifest
+
+
+def parity_photos() -> list:
+    """scikit-image's real photos as RGB PIL images (`motorcycle`: the left view of its stereo pair)."""
+    import skimage.data
+    from PIL import Image
+
+    arrays = {name: getattr(skimage.data, name)() for name in PARITY_PHOTOS if name != "motorcycle"}
+    arrays["motorcycle"] = skimage.data.stereo_motorcycle()[0]
+    return [Image.fromarray(arrays[name]) for name in PARITY_PHOTOS]
+
+
+def _parity_inputs(source: _Source) -> tuple[np.ndarray, tuple[str, ...]]:
+    images = parity_photos()
+    sources = [f"skimage: {', '.join(PARITY_PHOTOS)}"]
+    if source.validation is not None:
+        description, extra = source.validation
+        images.extend(extra)
+        sources.append(description)
+    return preprocess_batch(images, source.preprocessing), tuple(sources)
+
+
+def _validation_images(config: dict | None, spec: PreprocessingSpec, limit: int) -> tuple[str, list] | None:
+    """Up to `limit` images of the run's validation data, decoded as evaluation decodes them."""
+    return None
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not overwrite:
+        raise OutputExists(f"expected a new output directory, got {out} which exists; pass --overwrite to replace it")
+    if not out.is_dir() or not (not any(out.iterdir()) or (out / MANIFEST_FILE).is_file()):
+        # NOTE: --overwrite replaces artifacts only, never an arbitrary directory such as `--out .`.
+        raise OutputExists(f"expected {out} to be an artifact directory (with {MANIFEST_FILE}) to overwrite, got something else")
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    _check_out(out, overwrite)  # again: something may have appeared while exporting
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    out.rename(old / out.name)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _producer_versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {
+        "graft": importlib.metadata.version("graft"),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opset": str(graph.OPSET),
+    }
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _tag_safe(name: str) -> str:
+    """A name BentoML accepts as a model tag: lowercase letters, digits, '-', '_', '.'."""
+    return re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-_.") or "model"
