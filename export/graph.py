@@ -93,10 +93,14 @@ def convert_fp16(source: Path, target: Path) -> None:
     """Write a float16 copy of the ONNX model at `source`, keeping float32 inputs and outputs.
 
     NOTE: `keep_io_types=True` puts a Cast at the graph's edges, so the service feeds the same
-    float32 array whatever the precision, and the model still runs where an op lacks a float16 kernel.
+    float32 array whatever the precision. The converter appends those Casts after the nodes that
+    consume them (onnxconverter-common#208), which ONNX Runtime tolerates but the checker rejects,
+    so the graph is topologically sorted before saving.
     """
+    import onnx_ir
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-    onnx.save(model, str(target))
+    model = onnx_ir.from_proto(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
+    model.graph.sort()
+    onnx.save(onnx_ir.to_proto(model), str(target))
     onnx.checker.check_model(str(target), full_check=True)
