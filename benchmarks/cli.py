@@ -1,0 +1,119 @@
+"""`graft bench model` and `graft bench service`. Only argparse and the stdlib at module level: the
+benchmark code (torch, onnxruntime, httpx, matplotlib) is imported inside the handlers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = Path("artifacts/tf_efficientnet_lite0")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,4,16, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    bench = subparsers.add_parser("bench", help="latency/throughput benchmarks: model engines, the service vs a baseline")
+    what = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+
+    model = what.add_parser(
+        "model", help="PyTorch eager vs ONNX Runtime on the same artifact, batch sizes 1..64",
+        description="Export each backbone with random weights once, then time every engine this machine "
+        "has (PyTorch eager, ONNX Runtime CPU; CUDA/TensorRT FP32/FP16 with a GPU) at each batch size.",
+    )
+    model.add_argument("--backbones", nargs="+", help="registry names (default: tf_efficientnet_lite0 resnet50)")
+    model.add_argument("--batch-sizes", type=_int_list, help="default 1,2,4,8,16,32,64")
+    model.add_argument("--artifacts", type=Path, default=Path("artifacts/bench"),
+                       help="where the random-weights artifacts are exported and reused (default: %(default)s)")
+    model.add_argument("--quick", action="store_true", help="Lite0 only, batch sizes 1,8, a few runs each")
+    model.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
+    model.set_defaults(handler=run_model)
+
+    service = what.add_parser(
+        "service", help="graft's service vs a naive FastAPI baseline under closed-loop load",
+        description="Measure the ceiling (raw ONNX Runtime), then graft's service and the baseline server "
+        "with real JPEGs (224, 640, 2000 px) at 1, 4, 16, 64 concurrent clients; check issue 5's targets.",
+    )
+    service.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                         help="artifact directory served, used for the ceiling and by the baseline (default: %(default)s)")
+    service.add_argument("--url", help="benchmark an already running graft service (loopback only) serving --model")
+    service.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline server")
+    service.add_argument("--concurrency", type=_int_list, help="clients per cell (default 1,4,16,64; quick 1,16)")
+    service.add_argument("--max-requests", type=int, help="per cell (default 600; quick 32)")
+    service.add_argument("--max-seconds", type=float, help="per cell (default 8; quick 3)")
+    service.add_argument("--images-per-request", type=int, help="image parts per request (default 1)")
+    service.add_argument("--quick", action="store_true", help="CI smoke test: few cells, few requests (< 2 min)")
+    service.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
+    service.set_defaults(handler=run_service)
+
+
+def _finish(result: dict, out: Path, plots: list[Path]) -> None:
+    from benchmarks.report import markdown, write_json
+
+    command = shlex.join(["graft", *sys.argv[1:]])
+    result["command"] = command
+    write_json(out / "results.json", result)
+    text = markdown(result, command)
+    (out / "results.md").write_text(text)
+    logger.info("results: %s (results.json, results.md, %s)", out, ", ".join(p.name for p in plots))
+    print(text)
+
+
+def run_model(args: argparse.Namespace) -> int:
+    from benchmarks import model_bench
+    from benchmarks.report import environment, plot_model, results_dir
+
+    out = results_dir(args.out)
+    env = environment()
+    backbones = args.backbones or (("tf_efficientnet_lite0",) if args.quick else model_bench.DEFAULT_BACKBONES)
+    batch_sizes = args.batch_sizes or ((1, 8) if args.quick else model_bench.DEFAULT_BATCH_SIZES)
+    timing = model_bench.QUICK_TIMING if args.quick else model_bench.Timing()
+    rows = model_bench.bench_models(backbones, batch_sizes, args.artifacts, timing)
+    result = {
+        "kind": "model",
+        "environment": env,
+        "settings": {"backbones": list(backbones), "batch_sizes": list(batch_sizes), "timing": vars(timing),
+                     "artifacts": str(args.artifacts), "weights": "random (seed 0)"},
+        "rows": rows,
+    }
+    _finish(result, out, [plot_model(rows, out / "model.png")])
+    return 0
+
+
+def run_service(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from artifact.manifest import ManifestError
+    from benchmarks import service_bench
+    from benchmarks.report import environment, plot_service, results_dir
+
+    if not (args.model / "manifest.json").is_file():
+        raise ManifestError(
+            f"expected an artifact directory at {args.model}; build the default one with `make default-model` "
+            f"or pass --model DIR"
+        )
+    plan = service_bench.Plan.quick() if args.quick else service_bench.Plan()
+    overrides = {"concurrency": args.concurrency, "max_requests": args.max_requests,
+                 "max_seconds": args.max_seconds, "images_per_request": args.images_per_request}
+    plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+    out = results_dir(args.out)
+    env = environment()
+    result = service_bench.bench_service(args.model, out, plan=plan, url=args.url, baseline=args.baseline)
+    result = {"environment": env, **result}
+    _finish(result, out, plot_service(result["cells"], result["ceiling"], out))
+    missed = [t["name"] for t in result["targets"] if t["met"] is False]
+    if missed:
+        logger.warning("targets missed: %s", "; ".join(missed))
+    return 0

@@ -1,0 +1,172 @@
+"""Closed-loop HTTP load: N clients, each sending its next request as soon as its last one answered.
+
+Why a small asyncio + httpx driver rather than wrk or locust:
+- The workload is multipart uploads of real JPEG files with per-request latency kept exactly. wrk
+  needs a Lua script to build multipart bodies and reports only its own aggregated histogram; it is
+  also a C tool outside the Python environment CI installs.
+- locust (gevent users, web UI, CSV output) would run as a separate process competing for the same
+  two cores as the server, and its percentiles come from rounded buckets.
+- One asyncio thread with keep-alive connections costs the server little CPU, httpx is already a
+  dependency, and the harness gets every latency, every status code and exact bounds (a request
+  count and a time limit) in-process.
+
+Load is refused for anything but a loopback address: this is a benchmark of our own server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+from urllib.parse import urlsplit
+
+import httpx
+from tqdm import tqdm
+
+from benchmarks.stats import latency_summary
+
+logger = logging.getLogger(__name__)
+
+
+def require_loopback(url: str) -> None:
+    """Raise ValueError unless `url`'s host resolves to a loopback address."""
+    host = urlsplit(url).hostname
+    if not host:
+        raise ValueError(f"expected an http://HOST:PORT URL, got {url!r}")
+    address = ipaddress.ip_address(socket.gethostbyname(host))
+    if not address.is_loopback:
+        raise ValueError(f"expected a loopback address (127.0.0.1, localhost), got {host} ({address})")
+
+
+@dataclass
+class LoadResult:
+    """What one closed-loop run measured; latencies are seconds of successful requests only."""
+
+    concurrency: int
+    images_per_request: int
+    duration_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter = field(default_factory=Counter)
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies) + sum(self.errors.values())
+
+    def figures(self) -> dict:
+        ok = len(self.latencies)
+        return {
+            "concurrency": self.concurrency,
+            "images_per_request": self.images_per_request,
+            "requests": self.requests,
+            "errors": dict(self.errors),
+            "duration_s": self.duration_s,
+            "requests_per_s": ok / self.duration_s if self.duration_s else 0.0,
+            "images_per_s": ok * self.images_per_request / self.duration_s if self.duration_s else 0.0,
+            "latency_ms": latency_summary(self.latencies),
+        }
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What each request carries: `images_per_request` files (cycled through `files`) and form fields."""
+
+    url: str
+    files: Sequence[Path]
+    images_per_request: int = 1
+    form: dict[str, str] = field(default_factory=dict)
+    field_name: str = "images"
+
+    def payloads(self) -> list[list[tuple[str, tuple[str, bytes, str]]]]:
+        """One multipart file list per distinct request, read once so disk I/O is not timed."""
+        blobs = [(path.name, path.read_bytes()) for path in self.files]
+        count = len(blobs)
+        return [
+            [(self.field_name, (*blobs[(start + k) % count], "image/jpeg")) for k in range(self.images_per_request)]
+            for start in range(0, count * self.images_per_request, self.images_per_request)
+        ]
+
+
+async def _drive(
+    workload: Workload,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    on_measure_start: Callable[[], None] | None,
+    timeout_s: float,
+    label: str,
+) -> LoadResult:
+    payloads = workload.payloads()
+    result = LoadResult(concurrency, workload.images_per_request)
+    issued = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits, trust_env=False) as client:
+
+        async def send(index: int) -> tuple[float, str | None]:
+            begin = time.perf_counter()
+            try:
+                response = await client.post(workload.url, files=payloads[index % len(payloads)], data=workload.form)
+                error = None if response.status_code == 200 else str(response.status_code)
+            except httpx.HTTPError as exc:
+                error = type(exc).__name__
+            return time.perf_counter() - begin, error
+
+        # Warm-up: one request per client opens its connection; not recorded.
+        warm = await asyncio.gather(*(send(i) for i in range(concurrency)))
+        if failed := [error for _, error in warm if error]:
+            logger.warning("%s: %d of %d warm-up requests failed: %s", label, len(failed), concurrency, failed[:3])
+        if on_measure_start is not None:
+            on_measure_start()  # nothing is in flight here, so a blocking call is harmless
+
+        start = time.perf_counter()
+        deadline = start + max_seconds
+        with tqdm(total=max_requests, desc=label, unit="req", leave=False) as progress:
+
+            async def client_loop() -> None:
+                nonlocal issued
+                while issued < max_requests and time.perf_counter() < deadline:
+                    index = issued
+                    issued += 1
+                    latency, error = await send(index)
+                    if error is None:
+                        result.latencies.append(latency)
+                    else:
+                        result.errors[error] += 1
+                    progress.update()
+
+            await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+        result.duration_s = time.perf_counter() - start
+    return result
+
+
+def run_load(
+    workload: Workload,
+    *,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    on_measure_start: Callable[[], None] | None = None,
+    timeout_s: float = 60.0,
+    label: str = "load",
+) -> LoadResult:
+    """Drive `workload` with `concurrency` closed-loop clients until `max_requests` are sent or
+    `max_seconds` have passed (requests in flight at the deadline still complete and count).
+
+    Args:
+        on_measure_start: called after the warm-up, before the first timed request (e.g. to take a
+            `/metrics` snapshot).
+    """
+    require_loopback(workload.url)
+    if concurrency < 1 or max_requests < 1 or max_seconds <= 0:
+        raise ValueError(
+            f"expected concurrency, max_requests >= 1 and max_seconds > 0, got "
+            f"{concurrency}, {max_requests}, {max_seconds}"
+        )
+    return asyncio.run(
+        _drive(workload, concurrency, max_requests, max_seconds, on_measure_start, timeout_s, label)
+    )

@@ -1,0 +1,250 @@
+"""Run outputs: the environment, a JSON file, Markdown tables and PNG plots in one results folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+PACKAGES = ("torch", "torchvision", "timm", "onnxruntime-gpu", "bentoml", "numpy", "pillow", "fastapi", "uvicorn", "httpx")
+
+
+def results_dir(out: Path | None) -> Path:
+    """`out`, or `results/<UTC timestamp>/`; created."""
+    folder = out or Path("results") / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _gpus() -> list[str]:
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _git_commit() -> str | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def environment() -> dict:
+    """Hardware, versions and machine load at the time of the run."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    memory_kb = next(
+        (int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")),
+        0,
+    ) if Path("/proc/meminfo").is_file() else 0
+    return {
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gb": round(memory_kb / 2**20, 1),
+        "gpus": _gpus(),
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "git": _git_commit(),
+    }
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
+# ---- Markdown ---------------------------------------------------------------------------------
+def _table(header: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def model_table(rows: list[dict]) -> str:
+    return _table(
+        ["backbone", "engine", "batch", "images/s", "p50 ms/batch", "p95 ms/batch", "runs"],
+        [[r["backbone"], r["engine"], r["batch_size"], r["images_per_s"], r["latency_ms"]["p50"],
+          r["latency_ms"]["p95"], r["iterations"]] for r in rows],
+    )
+
+
+def ceiling_table(ceiling: dict) -> str:
+    rows = [[ceiling["engine"], r["batch_size"], r["images_per_s"], r["latency_ms"]["p50"]] for r in ceiling["rows"]]
+    return _table(["engine", "batch", "images/s", "p50 ms/batch"], rows)
+
+
+def _split(row: dict) -> str | None:
+    split = row.get("stage_split")
+    if not split:
+        return None
+    return ", ".join(f"{stage} {v['share']:.0%} ({v['ms_per_image']:.1f} ms/img)" for stage, v in split.items())
+
+
+def _batches(row: dict) -> str | None:
+    batch = row.get("batch")
+    if not batch or not batch["batches"]:
+        return None
+    dist = " ".join(f"{le}:{n}" for le, n in batch["distribution"].items())
+    return f"mean {batch['mean']:.1f} [{dist}]"
+
+
+def service_table(cells: list[dict]) -> str:
+    return _table(
+        ["server", "endpoint", "size", "clients", "requests", "errors", "images/s", "p50 ms", "p95 ms", "p99 ms",
+         "executed batch (le:count)", "server time split"],
+        [[c["server"], c["endpoint"], c["size"], c["concurrency"], c["requests"], sum(c["errors"].values()),
+          c["images_per_s"], c["latency_ms"].get("p50"), c["latency_ms"].get("p95"), c["latency_ms"].get("p99"),
+          _batches(c), _split(c)] for c in cells],
+    )
+
+
+def ratio_table(cells: list[dict]) -> str:
+    """graft / baseline images/s for every cell both servers ran."""
+    baseline = {(c["endpoint"], c["size"], c["concurrency"]): c for c in cells if c["server"] == "baseline"}
+    rows = []
+    for c in cells:
+        b = baseline.get((c["endpoint"], c["size"], c["concurrency"]))
+        if c["server"] == "graft" and b and b["images_per_s"]:
+            rows.append([c["endpoint"], c["size"], c["concurrency"], c["images_per_s"], b["images_per_s"],
+                         c["images_per_s"] / b["images_per_s"]])
+    return _table(["endpoint", "size", "clients", "graft images/s", "baseline images/s", "graft ÷ baseline"], rows)
+
+
+def targets_table(targets: list[dict]) -> str:
+    def verdict(t: dict) -> str:
+        return "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
+
+    return _table(["target", "measured", "threshold", "verdict", "how"],
+                  [[t["name"], t["value"], t["threshold"], verdict(t), t["detail"]] for t in targets])
+
+
+def markdown(result: dict, command: str) -> str:
+    """The whole run as Markdown: command, environment, and every table the run has."""
+    env = result["environment"]
+    parts = [
+        f"# graft bench {result['kind']}",
+        f"`{command}` at {env['started_at']}, git {env['git']}",
+        f"{env['cpu']}, {env['cpus']} CPUs, {env['memory_gb']} GB, GPUs: {', '.join(env['gpus']) or 'none'}; "
+        f"load average at start {', '.join(f'{x:.2f}' for x in env['load_average'])}; "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+    ]
+    if "rows" in result:
+        parts += ["## Model: images/s and latency per batch", model_table(result["rows"])]
+    if "ceiling" in result:
+        parts += ["## Ceiling: raw ONNX Runtime on preprocessed 224-px JPEGs", ceiling_table(result["ceiling"])]
+    if "cells" in result:
+        parts += ["## Service and baseline", service_table(result["cells"]),
+                  "## graft ÷ baseline", ratio_table(result["cells"])]
+    if "targets" in result:
+        parts += ["## Targets", targets_table(result["targets"])]
+    return "\n\n".join(parts) + "\n"
+
+
+# ---- plots ------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_model(rows: list[dict], path: Path) -> Path:
+    """images/s against batch size, one line per (backbone, engine)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in dict.fromkeys((r["backbone"], r["engine"]) for r in rows):
+        line = [r for r in rows if (r["backbone"], r["engine"]) == key]
+        ax.plot([r["batch_size"] for r in line], [r["images_per_s"] for r in line], marker="o", label=" ".join(key))
+    ax.set(xscale="log", xlabel="batch size", ylabel="images/s", title="Model throughput by batch size")
+    ax.set_xticks(sorted({r["batch_size"] for r in rows}), labels=sorted({r["batch_size"] for r in rows}))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_service(cells: list[dict], ceiling: dict | None, folder: Path) -> list[Path]:
+    """Throughput vs concurrency (every server/endpoint/size, with the ceiling) and latency
+    percentiles vs concurrency (one panel per server, 224-px /classify)."""
+    plt = _pyplot()
+    series = list(dict.fromkeys((c["server"], c["endpoint"], c["size"]) for c in cells))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in series:
+        line = [c for c in cells if (c["server"], c["endpoint"], c["size"]) == key]
+        ax.plot([c["concurrency"] for c in line], [c["images_per_s"] for c in line], marker="o",
+                linestyle="-" if key[0] == "graft" else "--", label=f"{key[0]} /{key[1]} {key[2]}px")
+    if ceiling:
+        ax.axhline(ceiling["best"]["images_per_s"], color="black", linewidth=1,
+                   label=f"ceiling (ORT, batch {ceiling['best']['batch_size']})")
+    clients = sorted({c["concurrency"] for c in cells})
+    ax.set(xscale="log", xlabel="concurrent clients", ylabel="images/s", title="Throughput vs concurrency")
+    ax.set_xticks(clients, labels=clients)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    throughput = folder / "throughput.png"
+    fig.savefig(throughput, dpi=110)
+    plt.close(fig)
+
+    servers = list(dict.fromkeys(c["server"] for c in cells))
+    fig, axes = plt.subplots(1, len(servers), figsize=(5 * len(servers), 4), squeeze=False)
+    for ax, server in zip(axes[0], servers):
+        line = [c for c in cells if (c["server"], c["endpoint"], c["size"]) == (server, "classify", "224")]
+        for q in ("p50", "p95", "p99"):
+            ax.plot([c["concurrency"] for c in line], [c["latency_ms"].get(q) for c in line], marker="o", label=q)
+        ax.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)",
+               title=f"{server}: /classify 224px latency")
+        ax.set_xticks(clients, labels=clients)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    latency = folder / "latency.png"
+    fig.savefig(latency, dpi=110)
+    plt.close(fig)
+    return [throughput, latency]

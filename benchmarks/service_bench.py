@@ -1,0 +1,282 @@
+"""`graft bench service`: graft's service and the naive baseline under the same closed-loop load.
+
+One run measures, on the same machine and in this order (so nothing competes for the CPU):
+1. the ceiling: raw ONNX Runtime on preprocessed real images at its best batch size;
+2. graft's service (started with `graft serve` on a free loopback port, or `--url`): every cell of
+   endpoint x image size x concurrency, each bracketed by `/metrics` scrapes whose difference gives
+   the executed batch sizes and the server time per stage for exactly that cell's requests;
+3. the baseline server (`benchmarks.baseline_server`) with the same cells;
+then the targets of issue 5, each met or missed with its ratio.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import httpx
+
+from artifact.manifest import read_manifest
+from benchmarks import metrics
+from benchmarks.images import make_jpegs
+from benchmarks.load import Workload, require_loopback, run_load
+from benchmarks.model_bench import QUICK_TIMING, Timing, ceiling
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Cell:
+    endpoint: str
+    size: str
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which cells run and how long each is; `quick` is the CI smoke test's plan."""
+
+    concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    sizes: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"classify": ("224", "640", "2000"), "embed": ("224",)}
+    )
+    max_requests: int = 600
+    max_seconds: float = 8.0
+    images_per_request: int = 1
+    ceiling_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    ceiling_timing: Timing = Timing()
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            concurrency=(1, 16),
+            sizes={"classify": ("224", "2000"), "embed": ("224",)},
+            max_requests=32,
+            max_seconds=3.0,
+            ceiling_batch_sizes=(1, 8),
+            ceiling_timing=QUICK_TIMING,
+        )
+
+    def cells(self) -> list[Cell]:
+        return [
+            Cell(endpoint, size, concurrency)
+            for endpoint, sizes in self.sizes.items()
+            for size in sizes
+            for concurrency in self.concurrency
+        ]
+
+
+# ---- servers ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A server subprocess in its own process group, ready once `GET /readyz` answers 200."""
+
+    def __init__(self, name: str, argv: Sequence[str], port: int, log_path: Path):
+        self.name = name
+        self.argv = list(argv)
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Server:
+        logger.info("starting %s: %s (log: %s)", self.name, " ".join(self.argv), self.log_path)
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        started = time.monotonic()
+        try:
+            wait_ready(self.url, self.process, READY_TIMEOUT_S)
+        except BaseException:
+            self.__exit__()
+            raise
+        logger.info("%s ready in %.1f s", self.name, time.monotonic() - started)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.process is not None and self.process.poll() is None:
+            # The server's workers share its process group (start_new_session): stop them all.
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+def wait_ready(url: str, process: subprocess.Popen | None = None, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Poll `url/readyz` until 200; raise if `process` exits first or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"expected the server at {url} to start, but it exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2.0, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"expected {url}/readyz to answer 200 within {timeout_s:.0f} s")
+
+
+def graft_argv(model: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "graft_cli", "serve", "--model", str(model), "--port", str(port)]
+
+
+def baseline_argv(model: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.baseline_server", "--model", str(model), "--port", str(port)]
+
+
+# ---- load cells ---------------------------------------------------------------------------------
+def scrape(url: str) -> dict:
+    response = httpx.get(f"{url}/metrics", timeout=10.0, trust_env=False)
+    response.raise_for_status()
+    return metrics.parse_histograms(response.text)
+
+
+def run_cells(server: str, url: str, files: dict[str, list[Path]], plan: Plan, with_metrics: bool) -> list[dict]:
+    """Every cell of `plan` against one server; one figures row per cell."""
+    rows = []
+    cells = plan.cells()
+    for number, cell in enumerate(cells, 1):
+        workload = Workload(
+            url=f"{url}/{cell.endpoint}",
+            files=files[cell.size],
+            images_per_request=plan.images_per_request,
+            form={"top_k": "5"} if cell.endpoint == "classify" else {},
+        )
+        before: dict = {}
+        label = f"{server} /{cell.endpoint} {cell.size}px c={cell.concurrency} [{number}/{len(cells)}]"
+        result = run_load(
+            workload,
+            concurrency=cell.concurrency,
+            max_requests=plan.max_requests,
+            max_seconds=plan.max_seconds,
+            on_measure_start=(lambda: before.update(scrape(url))) if with_metrics else None,
+            label=label,
+        )
+        row = {"server": server, **asdict(cell), **result.figures()}
+        if with_metrics:
+            change = metrics.diff(scrape(url), before)
+            images = len(result.latencies) * plan.images_per_request
+            row["batch"] = metrics.batch_sizes(change)
+            row["stages"] = metrics.stage_seconds(change)
+            row["stage_split"] = metrics.stage_split(row["stages"], images)
+        logger.info(
+            "%s: %.1f images/s, p50 %.1f ms, p99 %.1f ms, errors %s%s", label, row["images_per_s"],
+            row["latency_ms"].get("p50", float("nan")), row["latency_ms"].get("p99", float("nan")),
+            row["errors"] or 0,
+            f", mean batch {row['batch']['mean']:.1f}" if row.get("batch") and row["batch"]["mean"] else "",
+        )
+        rows.append(row)
+    return rows
+
+
+# ---- targets ------------------------------------------------------------------------------------
+def _find(rows: list[dict], server: str, endpoint: str, size: str, concurrency: int) -> dict | None:
+    return next(
+        (r for r in rows if (r["server"], r["endpoint"], r["size"], r["concurrency"]) == (server, endpoint, size, concurrency)),
+        None,
+    )
+
+
+def _target(name: str, value: float | None, threshold: float, higher_is_better: bool, detail: str) -> dict:
+    if value is None:
+        return {"name": name, "value": None, "threshold": threshold, "met": None, "detail": detail + " (not measured)"}
+    met = value >= threshold if higher_is_better else value <= threshold
+    return {"name": name, "value": value, "threshold": threshold, "met": met, "detail": detail}
+
+
+def evaluate_targets(rows: list[dict], ceiling_figures: dict | None, clients: int = 16) -> list[dict]:
+    """Issue 5's targets (Lite0, 224-px JPEGs, /classify) from one run's figures."""
+    graft = _find(rows, "graft", "classify", "224", clients)
+    baseline = _find(rows, "baseline", "classify", "224", clients)
+    single = _find(rows, "graft", "classify", "224", 1)
+    large = _find(rows, "graft", "classify", "2000", clients)
+    best = ceiling_figures["best"]["images_per_s"] if ceiling_figures else None
+    batch1 = ceiling_figures["batch1"]["latency_ms"]["p50"] if ceiling_figures else None
+
+    def ratio(a: dict | None, b: float | None) -> float | None:
+        return a["images_per_s"] / b if a and b else None
+
+    p50 = single["latency_ms"].get("p50") if single else None
+    return [
+        _target(
+            f"service efficiency at {clients} clients >= 0.85", ratio(graft, best), 0.85, True,
+            f"graft images/s / ceiling ({best and round(best, 1)} images/s)",
+        ),
+        _target(
+            f"graft >= 4x baseline at {clients} clients", ratio(graft, baseline and baseline["images_per_s"]), 4.0, True,
+            "graft images/s / baseline images/s",
+        ),
+        _target(
+            "p50 at 1 client <= model latency at batch 1 + 5 ms",
+            p50 / (batch1 + 5.0) if p50 is not None and batch1 is not None else None, 1.0, False,
+            f"p50 {p50 and round(p50, 1)} ms / ({batch1 and round(batch1, 1)} ms + 5 ms)",
+        ),
+        _target(
+            f"2000-px images/s >= 0.7x 224-px at {clients} clients",
+            ratio(large, graft and graft["images_per_s"]), 0.7, True, "2000-px images/s / 224-px images/s",
+        ),
+    ]
+
+
+# ---- the run ------------------------------------------------------------------------------------
+def bench_service(
+    model: Path,
+    out: Path,
+    *,
+    plan: Plan,
+    url: str | None = None,
+    baseline: bool = True,
+) -> dict:
+    """Ceiling, graft service, baseline and targets; returns everything the report needs."""
+    manifest = read_manifest(model)
+    files = make_jpegs(out / "images", tuple(sorted({s for sizes in plan.sizes.values() for s in sizes})))
+    logger.info("ceiling: raw ONNX Runtime on preprocessed 224-px JPEGs, %s", model)
+    ceiling_figures = ceiling(model, files["224"], plan.ceiling_batch_sizes, out / "ort-cache", plan.ceiling_timing)
+    rows: list[dict] = []
+    servers: dict[str, str] = {}
+    if url is not None:
+        require_loopback(url)
+        wait_ready(url)
+        servers["graft"] = url
+        rows += run_cells("graft", url, files, plan, with_metrics=True)
+    else:
+        with Server("graft", graft_argv(model, port := free_port()), port, out / "graft-server.log") as server:
+            servers["graft"] = server.url
+            rows += run_cells("graft", server.url, files, plan, with_metrics=True)
+    if baseline:
+        with Server("baseline", baseline_argv(model, port := free_port()), port, out / "baseline-server.log") as server:
+            servers["baseline"] = server.url
+            rows += run_cells("baseline", server.url, files, plan, with_metrics=False)
+    return {
+        "kind": "service",
+        "settings": {
+            "model": str(model.resolve()),
+            "model_name": manifest.name,
+            "backbone": manifest.backbone,
+            "servers": servers,
+            "plan": asdict(plan),
+            "images": {size: [p.name for p in paths] for size, paths in files.items()},
+        },
+        "ceiling": ceiling_figures,
+        "cells": rows,
+        "targets": evaluate_targets(rows, ceiling_figures),
+    }

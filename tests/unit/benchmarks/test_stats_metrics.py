@@ -1,0 +1,105 @@
+"""Pure functions of the benchmark harness: percentiles, /metrics parsing and diffs, targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import metrics
+from benchmarks.service_bench import evaluate_targets
+from benchmarks.stats import latency_summary, percentile
+
+
+@pytest.mark.parametrize("q", [0, 1, 50, 90, 95, 99, 100])
+def test_percentile_matches_numpy(q):
+    values = [0.013, 0.002, 0.5, 0.021, 0.02, 0.019, 0.3]
+    assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+
+
+def test_percentile_rejects_empty_and_out_of_range():
+    with pytest.raises(ValueError, match="at least one"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match=r"\[0, 100\]"):
+        percentile([1.0], 101)
+
+
+def test_latency_summary_is_in_milliseconds():
+    summary = latency_summary([0.010, 0.020, 0.030])
+    assert summary["p50"] == pytest.approx(20.0)
+    assert summary["mean"] == pytest.approx(20.0)
+    assert latency_summary([]) == {}
+
+
+def _exposition(batches: dict[str, int], batch_sum: float, decode_sum: float, decode_count: int) -> str:
+    cumulative, lines = 0, []
+    for le, n in batches.items():
+        cumulative += n
+        lines.append(f'graft_batch_size_bucket{{le="{le}",model="lite0"}} {cumulative}')
+    return "\n".join([
+        "# HELP graft_batch_size Executed batch size",
+        "# TYPE graft_batch_size histogram",
+        *lines,
+        f'graft_batch_size_count{{model="lite0"}} {cumulative}',
+        f'graft_batch_size_sum{{model="lite0"}} {batch_sum}',
+        "# HELP graft_stage_seconds Time per stage",
+        "# TYPE graft_stage_seconds histogram",
+        f'graft_stage_seconds_bucket{{le="0.01",model="lite0",stage="decode"}} {decode_count}',
+        f'graft_stage_seconds_bucket{{le="+Inf",model="lite0",stage="decode"}} {decode_count}',
+        f'graft_stage_seconds_count{{model="lite0",stage="decode"}} {decode_count}',
+        f'graft_stage_seconds_sum{{model="lite0",stage="decode"}} {decode_sum}',
+        "# HELP graft_requests_total Requests",
+        "# TYPE graft_requests_total counter",
+        "graft_requests_total 7",
+        "",
+    ])
+
+
+def test_histogram_diff_gives_only_the_cells_batches():
+    before = metrics.parse_histograms(_exposition({"1": 3, "2": 0, "4": 0, "+Inf": 0}, 3, 0.006, 3))
+    after = metrics.parse_histograms(_exposition({"1": 4, "2": 1, "4": 3, "+Inf": 0}, 3 + 1 + 2 + 12, 0.030, 19))
+    change = metrics.diff(after, before)
+
+    batch = metrics.batch_sizes(change)
+    assert batch == {"batches": 5, "mean": pytest.approx(15 / 5), "distribution": {"1": 1, "2": 1, "4": 3}}
+
+    stages = metrics.stage_seconds(change)
+    assert stages == {"decode": {"seconds": pytest.approx(0.024), "observations": 16}}
+    split = metrics.stage_split(stages, images=16)
+    assert split["decode"]["share"] == pytest.approx(1.0)
+    assert split["decode"]["ms_per_image"] == pytest.approx(1.5)
+
+
+def test_no_histograms_means_none():
+    empty = metrics.parse_histograms("# TYPE up gauge\nup 1\n")
+    assert metrics.batch_sizes(empty) is None
+    assert metrics.stage_seconds(empty) is None
+
+
+def _row(server, size, clients, images_per_s, p50=10.0):
+    return {"server": server, "endpoint": "classify", "size": size, "concurrency": clients,
+            "images_per_s": images_per_s, "latency_ms": {"p50": p50}}
+
+
+def test_targets_report_ratios_and_verdicts():
+    rows = [_row("graft", "224", 16, 90.0), _row("graft", "224", 1, 30.0, p50=20.0),
+            _row("graft", "2000", 16, 45.0), _row("baseline", "224", 16, 30.0)]
+    ceiling = {"best": {"images_per_s": 100.0}, "batch1": {"latency_ms": {"p50": 14.0}}}
+    efficiency, speedup, single, large = evaluate_targets(rows, ceiling)
+    assert (efficiency["value"], efficiency["met"]) == (pytest.approx(0.9), True)
+    assert (speedup["value"], speedup["met"]) == (pytest.approx(3.0), False)
+    assert (single["value"], single["met"]) == (pytest.approx(20 / 19), False)
+    assert (large["value"], large["met"]) == (pytest.approx(0.5), False)
+
+
+def test_targets_without_a_baseline_are_not_measured():
+    targets = evaluate_targets([_row("graft", "224", 16, 90.0)], None)
+    assert all(t["met"] is None for t in targets)
+
+
+def test_load_is_refused_beyond_loopback():
+    from benchmarks.load import require_loopback
+
+    require_loopback("http://127.0.0.1:3000/classify")
+    require_loopback("http://localhost:3000")
+    with pytest.raises(ValueError, match="loopback"):
+        require_loopback("http://10.1.2.3:3000/classify")
