@@ -78,8 +78,10 @@ def export_backbone(
     """
     entry = get_backbone(name)
     _check_out(Path(out), overwrite)
-    backbone, source = entry.create(weights=weights)
     untrained = str(weights) == "none"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # random init is reproducible: the same command gives the same artifact
+        backbone, source = entry.create(weights=weights)
     source_file = Path(source)
     weights_sha = sha256_file(source_file) if source_file.is_file() else None
     labels: tuple[str, ...] = ()
@@ -232,8 +234,28 @@ def _parity_inputs(source: _Source) -> tuple[np.ndarray, tuple[str, ...]]:
 
 
 def _validation_images(config: dict | None, spec: PreprocessingSpec, limit: int) -> tuple[str, list] | None:
-    """Up to `limit` images of the run's validation data, decoded as evaluation decodes them."""
-    return None
+    """Up to `limit` images of the run's evaluation split, re-drawn from config.json's arguments and
+    decoded as evaluation decodes them; None when the run's data is not on this machine.
+    """
+    from models.data import DataError, load_splits
+
+    config = config or {}
+    args = config.get("args", {})
+    # data.source is the resolved folder path; args.data may be relative to where training ran.
+    data = config.get("data", {}).get("source", args.get("data"))
+    if data is None or limit <= 0:
+        return None
+    try:
+        val = load_splits(
+            data, seed=args.get("seed", 0), limit_train=args.get("limit_train"),
+            limit_val=args.get("limit_val"), min_side=spec.resize_size,
+        ).val
+    except DataError as error:
+        log.warning("parity gate without the run's evaluation images: %s", error)
+        return None
+    count = min(limit, len(val))
+    images = [val.image(i, min_side=spec.resize_size) for i in range(count)]
+    return f"run evaluation split: first {count} of {len(val)} images of {data}", images
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
