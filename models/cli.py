@@ -1,0 +1,95 @@
+"""`graft backbones` and `graft train`.
+
+Only argparse and the standard library at module level: the `graft` entry point imports this
+module for every subcommand, and `graft serve` must not pay for (or need) torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+STRATEGIES = ("feature-extract", "fine-tune", "scratch")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    backbones = subparsers.add_parser("backbones", help="list the registered backbones")
+    backbones.set_defaults(handler=backbones_command)
+
+    train = subparsers.add_parser(
+        "train",
+        help="train a classifier on a pretrained backbone",
+        description="Transfer learning into a run dir (checkpoint, labels, config, metrics, plots).",
+    )
+    train.add_argument("--backbone", required=True, help="registry name (see `graft backbones`)")
+    train.add_argument("--data", required=True,
+                       help="'fashion-mnist', or an image folder: one sub-folder per class, or train/ + val/")
+    train.add_argument("--strategy", required=True, choices=STRATEGIES)
+    train.add_argument("--out", required=True, type=Path, help="run dir to create")
+    train.add_argument("--epochs", type=_positive, default=None,
+                       help="feature-extract: head epochs (default 30); fine-tune: epochs after the "
+                            "warm-up; scratch: epochs (both default 2)")
+    train.add_argument("--batch-size", type=_positive, default=32)
+    train.add_argument("--lr", type=float, default=None,
+                       help="learning rate of the head (default 1e-3); fine-tune trains the backbone at 0.1x")
+    train.add_argument("--unfreeze", type=_unfreeze,
+                       help="fine-tune: number of last backbone blocks to train, or 'all' (default 3)")
+    train.add_argument("--warmup-epochs", type=_non_negative,
+                       help="fine-tune: head-only epochs on cached frozen features first (default 30)")
+    train.add_argument("--limit-train", type=_positive, default=None, help="stratified subsample of N training images")
+    train.add_argument("--limit-val", type=_positive, default=None, help="stratified subsample of N evaluation images")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--weights", default="pretrained",
+                       help="'pretrained' (default), 'none' (random init) or a state-dict file")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
+    train.add_argument("--workers", type=_non_negative,
+                       help="data-loading processes (default: CPU count / 4, at most 4)")
+    train.set_defaults(handler=train_command)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _unfreeze(text: str) -> int | str:
+    return "all" if text == "all" else _non_negative(text)
+
+
+def backbones_command(args: argparse.Namespace) -> int:
+    from models.backbones import list_backbones
+
+    rows = [("NAME", "SOURCE", "EMBED DIM", "INPUT", "PARAMS", "OFFLINE WEIGHTS")]
+    for entry in list_backbones():
+        height, width = entry.preprocessing.input_size
+        rows.append((
+            entry.name, entry.source, str(entry.embedding_dim), f"{height}x{width}",
+            f"{entry.num_params / 1e6:.1f}M", "yes" if entry.offline_weights() else "no",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from models.train import TrainConfig, run_training
+
+    # Options left unset keep TrainConfig's defaults, which live in one place.
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "verbose") and v is not None}
+    config = TrainConfig(**options)
+    metrics = run_training(config)
+    timings = metrics["timings"]
+    print(f"{args.strategy} {args.backbone}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} "
+          f"evaluation images ({metrics['num_train_images']} training), {timings['total_s']:.0f} s; run dir {args.out}")
+    return 0

@@ -1,0 +1,390 @@
+"""Transfer learning: `feature-extract`, `fine-tune` and `scratch`, each ending in a complete run dir.
+
+- feature-extract: the pretrained trunk stays frozen. Embeddings of the training and evaluation
+  images are computed once (eval preprocessing, cached on disk) and a linear head is trained on
+  them: multinomial logistic regression with AdamW on standardised features, the standardisation
+  then folded into the head's weights so the checkpoint is a plain `Backbone`.
+- fine-tune: the same head training as a warm-up (`warmup_epochs` on the cached frozen features),
+  then the last `unfreeze` blocks and everything after them train with augmentation for `epochs`,
+  the backbone at `BACKBONE_LR_FACTOR` times the head's learning rate. BatchNorm layers stay in
+  eval mode (running statistics frozen; their affine weights train where unfrozen): batches of a
+  few dozen small-data images give noisy statistics that would drift the pretrained features away
+  from what the warmed-up head was trained on, and frozen statistics keep training and evaluation
+  behaviour identical.
+- scratch: the same architecture from random init, all layers trained (BatchNorm in train mode:
+  there are no statistics to keep) for the same `epochs` on the same images: the baseline that shows
+  what transfer buys.
+
+Evaluation always runs the model on `artifact.preprocessing.preprocess` outputs. Validation is
+measured every epoch where it is free (the head on cached embeddings) and once at the end for
+full-network training, where each pass over the evaluation split costs as much as training on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from artifact.errors import GraftError
+from artifact.preprocessing import PreprocessingSpec
+from models.backbones import Backbone, get_backbone
+from models.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
+from models.data import Splits, load_splits
+from models.evaluate import classification_report
+from models.features import TrainInputs, cached_embeddings, extract, loader, to_device
+from models.plots import plot_confusion, plot_curves
+
+log = logging.getLogger(__name__)
+
+Strategy = Literal["feature-extract", "fine-tune", "scratch"]
+
+BACKBONE_LR_FACTOR = 0.1
+"""Fine-tune: backbone learning rate relative to the head's (pretrained features need small steps)."""
+HEAD_WEIGHT_DECAY = 1e-3
+NETWORK_WEIGHT_DECAY = 0.05
+
+# Per-strategy defaults for options the user leaves unset: (epochs, learning rate).
+DEFAULTS: dict[str, tuple[int, float]] = {
+    "feature-extract": (30, 1e-3),
+    "fine-tune": (2, 1e-3),
+    "scratch": (2, 1e-3),
+}
+DEFAULT_WARMUP_EPOCHS = 30  # head-only epochs on cached features cost almost nothing
+DEFAULT_UNFREEZE = 3
+
+
+class RunDirExists(GraftError):
+    """`--out` exists and `--overwrite` was not given (or it is not a run dir we may replace)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `graft train` was asked to do; stored in config.json."""
+
+    backbone: str
+    data: str
+    strategy: Strategy
+    out: Path
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float | None = None
+    unfreeze: int | Literal["all"] = DEFAULT_UNFREEZE
+    warmup_epochs: int = DEFAULT_WARMUP_EPOCHS
+    limit_train: int | None = None
+    limit_val: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    weights: str = "pretrained"
+    overwrite: bool = False
+    workers: int = field(default_factory=lambda: min(4, (os.cpu_count() or 1) // 4))
+    """Data-loading processes; each takes a core from the model's threads, so none on small machines."""
+
+    @property
+    def resolved_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else DEFAULTS[self.strategy][0]
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULTS[self.strategy][1]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GraftError("expected a CUDA GPU for --device cuda, got none on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an existing `out` unless `overwrite`, and even then only a previous run dir or an empty dir."""
+    if not out.exists():
+        return
+    if not overwrite:
+        raise RunDirExists(f"expected a new run dir, got {out} which exists; pass --overwrite to replace it")
+    if not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file()):
+        raise RunDirExists(f"expected a graft run dir to overwrite, got {out} which is something else")
+
+
+# ---- head on cached features -------------------------------------------------------------------
+def train_linear_head(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    first_epoch: int = 1,
+    phase: str = "head",
+) -> tuple[nn.Linear, list[dict]]:
+    """Softmax regression on embeddings; returns the head (standardisation folded in) and history.
+
+    Features are standardised with the training mean/std so one learning rate suits every
+    backbone's embedding scale; the affine map is then folded into the returned `nn.Linear`.
+    """
+    mean, std = train_x.mean(0), train_x.std(0)
+    # Floor: a feature (nearly) constant on the training set must not blow up on other images.
+    std = std.clamp_min(0.1 * std.mean().item())
+    norm = lambda x: (x - mean) / std  # noqa: E731
+    num_classes = int(train_y.max()) + 1
+    generator = torch.Generator().manual_seed(seed)
+    head = nn.Linear(train_x.shape[1], num_classes)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=HEAD_WEIGHT_DECAY)
+    steps = epochs * math.ceil(len(train_x) / batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+    train_n, history = norm(train_x), []
+    for epoch in range(first_epoch, first_epoch + epochs):
+        total_loss, correct = 0.0, 0
+        for batch in torch.randperm(len(train_n), generator=generator).split(batch_size):
+            logits = head(train_n[batch])
+            loss = F.cross_entropy(logits, train_y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(batch)
+            correct += (logits.argmax(1) == train_y[batch]).sum().item()
+        entry = {"epoch": epoch, "phase": phase, "train_loss": total_loss / len(train_n),
+                 "train_accuracy": correct / len(train_n)}
+        if val is not None:
+            with torch.no_grad():
+                logits = head(norm(val[0]))
+            entry["val_loss"] = F.cross_entropy(logits, val[1]).item()
+            entry["val_accuracy"] = (logits.argmax(1) == val[1]).float().mean().item()
+        history.append(entry)
+    folded = nn.Linear(train_x.shape[1], num_classes)
+    with torch.no_grad():
+        folded.weight.copy_(head.weight / std)
+        folded.bias.copy_(head.bias - (head.weight * (mean / std)).sum(1))
+    return folded, history
+
+
+# ---- full-network training ---------------------------------------------------------------------
+def set_trainable(model: Backbone, unfreeze: int | Literal["all"]) -> None:
+    """Freeze the trunk except its last `unfreeze` blocks and any trunk layers after the last block.
+
+    Layers between the last block and the head (e.g. timm's final BatchNorm) belong to the head
+    side and always train with it.
+    """
+    model.requires_grad_(False)
+    model.head.requires_grad_(True)
+    if unfreeze == "all":
+        model.trunk.requires_grad_(True)
+        return
+    for block in model.blocks[len(model.blocks) - unfreeze :]:
+        block.requires_grad_(True)
+    in_blocks = {id(p) for block in model.blocks for p in block.parameters()}
+    last_block = {id(p) for p in model.blocks[-1].parameters()}
+    params = list(model.trunk.parameters())
+    after = max(i for i, p in enumerate(params) if id(p) in last_block) + 1
+    for param in params[after:]:
+        if id(param) not in in_blocks:
+            param.requires_grad_(True)
+
+
+def freeze_batchnorm_stats(model: nn.Module) -> None:
+    """Put every BatchNorm in eval mode: use and keep the pretrained running statistics."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def train_network(
+    model: Backbone,
+    splits: Splits,
+    config: TrainConfig,
+    device: torch.device,
+    spec: PreprocessingSpec,
+    *,
+    param_groups: list[dict],
+    frozen_bn: bool,
+    first_epoch: int,
+    phase: str,
+) -> list[dict]:
+    """Train `model` end to end on augmented inputs for `config.resolved_epochs`; return the history."""
+    epochs = config.resolved_epochs
+    optimizer = torch.optim.AdamW(param_groups, weight_decay=NETWORK_WEIGHT_DECAY)
+    batches = loader(TrainInputs(splits.train, spec), config.batch_size, config.workers,
+                     shuffle=True, seed=config.seed)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in param_groups], total_steps=max(epochs * len(batches), 1),
+        pct_start=0.15,
+    )
+    history = []
+    for epoch in range(first_epoch, first_epoch + epochs):
+        model.train()
+        if frozen_bn:
+            freeze_batchnorm_stats(model)
+        total_loss, correct, seen = 0.0, 0, 0
+        progress = tqdm(batches, desc=f"epoch {epoch} ({phase})", unit="batch", leave=False)
+        for inputs, targets in progress:
+            inputs, targets = to_device(inputs, device), targets.to(device)
+            logits, _ = model(inputs)
+            loss = F.cross_entropy(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(targets)
+            correct += (logits.argmax(1) == targets).sum().item()
+            seen += len(targets)
+            progress.set_postfix(loss=f"{total_loss / seen:.3f}")
+        history.append({"epoch": epoch, "phase": phase, "train_loss": total_loss / seen,
+                        "train_accuracy": correct / seen})
+        log.info("epoch %d (%s): loss %.4f, accuracy %.4f", epoch, phase, total_loss / seen, correct / seen)
+    return history
+
+
+# ---- one run -----------------------------------------------------------------------------------
+def run_training(config: TrainConfig) -> dict:
+    """Train as `config` says and write the run dir; return its metrics.
+
+    The run is written into a hidden temp dir beside `config.out` and renamed at the end, so a
+    failure (or Ctrl-C) leaves no half-written run dir.
+
+    Raises:
+        GraftError: bad data, unknown backbone, unavailable weights, an existing run dir.
+    """
+    started = time.perf_counter()
+    out = Path(config.out)
+    check_out(out, config.overwrite)
+    entry = get_backbone(config.backbone)  # unknown names fail before any work
+    if config.strategy not in DEFAULTS:
+        raise GraftError(f"expected a strategy in {tuple(DEFAULTS)}, got {config.strategy!r}")
+    if config.unfreeze != "all" and config.unfreeze < 0:
+        raise GraftError(f"expected --unfreeze N >= 0 or 'all', got {config.unfreeze}")
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    spec = entry.preprocessing
+    timings: dict[str, float] = {}
+
+    splits = load_splits(config.data, seed=config.seed, limit_train=config.limit_train,
+                         limit_val=config.limit_val, min_side=spec.resize_size)
+    timings["data_s"] = time.perf_counter() - started
+
+    weights = "none" if config.strategy == "scratch" else config.weights
+    model, weights_source = entry.create(weights=weights)
+    model.reset_head(len(splits.labels))
+    model = model.to(device).to(memory_format=torch.channels_last)
+    log.info("%s: %s, weights %s, on %s", config.strategy, config.backbone, weights_source, device)
+    train_y = torch.from_numpy(splits.train.targets)
+    val_y = torch.from_numpy(splits.val.targets)
+    common = dict(device=device, batch_size=config.batch_size, workers=config.workers)
+
+    history: list[dict] = []
+    val_logits: torch.Tensor | None = None
+    if config.strategy in ("feature-extract", "fine-tune"):
+        tick = time.perf_counter()
+        embed = lambda images, name: cached_embeddings(  # noqa: E731
+            model, config.backbone, weights_source, images, spec, name=name, **common)
+        train_x = embed(splits.train, "training")
+        val_x = embed(splits.val, "evaluation") if config.strategy == "feature-extract" else None
+        timings["embed_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        head_epochs = config.resolved_epochs if config.strategy == "feature-extract" else config.warmup_epochs
+        head, history = train_linear_head(
+            train_x, train_y, None if val_x is None else (val_x, val_y), epochs=head_epochs,
+            lr=config.resolved_lr, batch_size=config.batch_size, seed=config.seed,
+            phase="head" if config.strategy == "feature-extract" else "warm-up",
+        )
+        model.head = head.to(device)
+        timings["head_s"] = time.perf_counter() - tick
+        if val_x is not None:
+            with torch.no_grad():
+                val_logits = head(val_x)
+
+    if config.strategy in ("fine-tune", "scratch"):
+        tick = time.perf_counter()
+        if config.strategy == "fine-tune":
+            set_trainable(model, config.unfreeze)
+            trunk = [p for p in model.trunk.parameters() if p.requires_grad]
+            groups = [{"params": list(model.head.parameters()), "lr": config.resolved_lr}]
+            if trunk:
+                groups.append({"params": trunk, "lr": config.resolved_lr * BACKBONE_LR_FACTOR})
+        else:
+            groups = [{"params": list(model.parameters()), "lr": config.resolved_lr}]
+        history += train_network(
+            model, splits, config, device, spec, param_groups=groups, frozen_bn=config.strategy == "fine-tune",
+            first_epoch=len(history) + 1, phase=config.strategy,
+        )
+        timings["train_s"] = time.perf_counter() - tick
+        model.eval()
+        tick = time.perf_counter()
+        val_logits = extract(lambda x: model(x)[0], splits.val, spec, desc="evaluating", **common)
+        timings["eval_s"] = time.perf_counter() - tick
+        history[-1]["val_loss"] = F.cross_entropy(val_logits, val_y).item()
+        history[-1]["val_accuracy"] = (val_logits.argmax(1) == val_y).float().mean().item()
+
+    report = classification_report(splits.val.targets, val_logits.argmax(1).numpy(), splits.labels)
+    timings["total_s"] = time.perf_counter() - started
+    metrics = {**report, "strategy": config.strategy, "backbone": config.backbone,
+               "num_train_images": len(splits.train), "skipped_files": splits.skipped_files,
+               "timings": timings, "history": history}
+    _write_run_dir(out, config, model, splits, weights_source, metrics)
+    log.info("accuracy %.4f on %d evaluation images; run dir %s", report["accuracy"], report["num_images"], out)
+    return metrics
+
+
+def _write_run_dir(out: Path, config: TrainConfig, model: Backbone, splits: Splits,
+                   weights_source: str, metrics: dict) -> None:
+    spec = get_backbone(config.backbone).preprocessing
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+        save_checkpoint(tmp / CHECKPOINT_FILE, Checkpoint(
+            backbone=config.backbone,
+            labels=list(splits.labels),
+            preprocessing=spec,
+            state_dict={k: v.contiguous() for k, v in model.state_dict().items()},
+            weights_source=weights_source,
+            pretrained=config.strategy != "scratch",
+            strategy=config.strategy,
+            extra={"accuracy": metrics["accuracy"], "data": splits.source},
+        ))
+        (tmp / "labels.json").write_text(json.dumps(list(splits.labels), indent=2) + "\n")
+        run_config = {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+            "epochs": config.resolved_epochs, "lr": config.resolved_lr,
+            "backbone": config.backbone, "strategy": config.strategy,
+            "preprocessing": asdict(spec), "weights_source": weights_source,
+            "data": {"source": splits.source, "split": splits.split, "num_train": len(splits.train),
+                     "num_eval": len(splits.val), "skipped_files": splits.skipped_files},
+            "versions": {name: metadata.version(name) for name in ("graft", "torch", "torchvision", "timm")},
+        }
+        (tmp / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        title = f"{config.backbone} {config.strategy}"
+        plot_curves(metrics["history"], tmp / "curves.png", title)
+        plot_confusion(np.array(metrics["confusion_matrix"]), splits.labels, tmp / "confusion_matrix.png",
+                       f"{title}: accuracy {metrics['accuracy']:.3f}")
+        if out.exists():  # --overwrite, checked by check_out
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
