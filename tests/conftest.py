@@ -17,6 +17,8 @@ PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle")
 def skimage_photo(name: str) -> Image.Image:
     import skimage.data
 
+    if name == "motorcycle":  # skimage ships it only as a stereo pair: take the left view
+        return Image.fromarray(skimage.data.stereo_motorcycle()[0])
     return Image.fromarray(getattr(skimage.data, name)())
 
 
