@@ -101,7 +101,7 @@ class ArrayImages(ImageSet):
         self.source = source
 
     def image(self, index: int, min_side: int | None = None) -> Image.Image:
-        return Image.fromarray(self.pixels[index], mode="L")
+        return Image.fromarray(self.pixels[index])  # uint8 [H, W] -> mode L
 
     def subset(self, indices: np.ndarray) -> "ArrayImages":
         return ArrayImages(self.labels, self.targets[indices], self.pixels[indices], self.source)

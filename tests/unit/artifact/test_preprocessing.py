@@ -1,0 +1,56 @@
+"""`artifact.preprocessing.preprocess` reproduces the libraries' own eval transforms on real photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torchvision
+from timm.data import create_transform, resolve_data_config
+
+from artifact.preprocessing import PreprocessingSpec, preprocess, preprocess_batch
+from models.backbones import get_backbone
+
+PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket")  # landscape and square, several sizes
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite2"])
+def test_matches_timm_eval_transform(photos, name):
+    transform = create_transform(**resolve_data_config(pretrained_cfg=timm.get_pretrained_cfg(name).to_dict()))
+    spec = get_backbone(name).preprocessing
+    for photo in PHOTO_NAMES:
+        expected = transform(photos[photo]).numpy()
+        np.testing.assert_allclose(preprocess(photos[photo], spec), expected, atol=1e-6, err_msg=photo)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny"])
+def test_matches_torchvision_weights_transform(photos, name):
+    transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    spec = get_backbone(name).preprocessing
+    for photo in PHOTO_NAMES:
+        expected = transform(photos[photo]).numpy()
+        np.testing.assert_allclose(preprocess(photos[photo], spec), expected, atol=1e-6, err_msg=photo)
+
+
+def test_portrait_and_greyscale_inputs(photos):
+    spec = get_backbone("tf_efficientnet_lite0").preprocessing
+    portrait = photos["chelsea"].transpose(0)  # 300x451 -> taller than wide
+    assert preprocess(portrait, spec).shape == (3, 224, 224)
+    grey = preprocess(photos["coffee"].convert("L"), spec)
+    assert grey.dtype == np.float32
+    np.testing.assert_array_equal(grey[0], grey[1])  # 'L' becomes greyscale on all three channels
+
+
+def test_batch_stacks_and_handles_empty(photos):
+    spec = get_backbone("tf_efficientnet_lite0").preprocessing
+    batch = preprocess_batch([photos["chelsea"], photos["coffee"]], spec)
+    assert batch.shape == (2, 3, 224, 224)
+    np.testing.assert_array_equal(batch[1], preprocess(photos["coffee"], spec))
+    assert preprocess_batch([], spec).shape == (0, 3, 224, 224)
+
+
+def test_spec_rejects_inconsistent_sizes():
+    with pytest.raises(ValueError, match="resize_size"):
+        PreprocessingSpec(input_size=(224, 224), resize_size=200)
+    with pytest.raises(ValueError, match="std"):
+        PreprocessingSpec(input_size=(224, 224), resize_size=256, std=(0.5, 0.0, 0.5))
