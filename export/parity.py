@@ -45,12 +45,17 @@ FP16 = Gate("fp16", tolerance=5e-2, min_top1=0.99)
 
 
 def torch_outputs(backbone: Backbone, inputs: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """PyTorch's float32 outputs for `inputs` [N, 3, H, W], by output name, in batches."""
-    backbone.eval()
+    """PyTorch's float32 outputs for `inputs` [N, 3, H, W], by output name, in batches.
+
+    Runs channels-last (converting `backbone` in place, after its export): PyTorch's CPU
+    depthwise convolutions are about twice as fast that way, and the values are the same model's.
+    """
+    backbone.eval().to(memory_format=torch.channels_last)
     results: dict[str, list[np.ndarray]] = {"logits": [], "embedding": []}
     with torch.inference_mode():
         for start in range(0, len(inputs), BATCH_SIZE):
-            logits, embedding = backbone(torch.from_numpy(inputs[start : start + BATCH_SIZE]))
+            batch = torch.from_numpy(inputs[start : start + BATCH_SIZE]).contiguous(memory_format=torch.channels_last)
+            logits, embedding = backbone(batch)
             results["logits"].append(logits.numpy())
             results["embedding"].append(embedding.numpy())
     return {name: np.concatenate(results[name]) for name in names}

@@ -1,0 +1,38 @@
+"""Export-suite helpers: reference PyTorch models and a tolerance-aware comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _assert_close(actual: np.ndarray, expected: np.ndarray, tolerance: float = 1e-4) -> None:
+    """float32 agreement: |actual - expected| <= tolerance * max(1, max |expected|) everywhere."""
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=tolerance * scale)
+
+
+@pytest.fixture(scope="session")
+def assert_close():
+    return _assert_close
+
+
+@pytest.fixture(scope="session")
+def lite0_torch():
+    """ImageNet Lite0 built straight from the registry: the PyTorch side of every comparison."""
+    from models.backbones import get_backbone
+
+    model, _ = get_backbone("tf_efficientnet_lite0").create("pretrained")
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def photo_batch():
+    """16 distinct real images: the 5 parity photos, their mirror images, and 6 crops of them."""
+    from PIL import ImageOps
+
+    from export.api import parity_photos
+
+    photos = parity_photos()
+    crops = [p.crop((0, 0, p.width * 2 // 3, p.height * 2 // 3)) for p in photos] + [photos[0].crop((100, 50, 400, 300))]
+    return photos + [ImageOps.mirror(p) for p in photos] + crops
