@@ -104,6 +104,7 @@ def run_service(args: argparse.Namespace) -> int:
             f"expected an artifact directory at {args.model}; build the default one with `make default-model` "
             f"or pass --model DIR"
         )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     plan = service_bench.Plan.quick() if args.quick else service_bench.Plan()
     overrides = {"concurrency": args.concurrency, "max_requests": args.max_requests,
                  "max_seconds": args.max_seconds, "images_per_request": args.images_per_request}
