@@ -1,0 +1,76 @@
+"""`graft serve`: run the BentoML services on chosen artifacts (stdlib imports only at module level)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# flag -> environment variable read by service.config.ServeConfig
+_TUNING = {
+    "max_batch_size": "GRAFT_MAX_BATCH_SIZE",
+    "max_latency_ms": "GRAFT_MAX_LATENCY_MS",
+    "max_images": "GRAFT_MAX_IMAGES",
+    "max_request_bytes": "GRAFT_MAX_REQUEST_BYTES",
+    "intra_op_threads": "GRAFT_INTRA_OP_THREADS",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve artifacts over HTTP (BentoML): /classify, /embed, /models",
+        description="Serve exported artifacts with batched ONNX Runtime inference.",
+    )
+    parser.add_argument(
+        "--model", action="append", metavar="DIR_OR_TAG",
+        help="artifact directory or BentoML model tag, optionally NAME=DIR_OR_TAG; repeat for several "
+             "(default: $GRAFT_MODELS, else the tf_efficientnet_lite0 model in the BentoML store)",
+    )
+    parser.add_argument("--default", metavar="NAME", help="model used when a request names none (default: the first)")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 3000)))
+    for flag in _TUNING:
+        parser.add_argument("--" + flag.replace("_", "-"), type=int, metavar="N", help=f"sets {_TUNING[flag]}")
+    parser.set_defaults(handler=serve)
+
+
+def _absolute(reference: str) -> str:
+    """`[NAME=]DIR` with DIR made absolute (workers may run elsewhere); tags pass unchanged."""
+    name, sep, target = reference.rpartition("=")
+    if Path(target).exists():
+        target = str(Path(target).resolve())
+    return f"{name}{sep}{target}"
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Check the models resolve, then replace this process with `bentoml serve service.app:Graft`."""
+    from service.config import ServeConfig
+    from service.models import load_models, pick_default
+
+    env = dict(os.environ)
+    if args.model:
+        env["GRAFT_MODELS"] = ",".join(_absolute(reference) for reference in args.model)
+    if args.default:
+        env["GRAFT_DEFAULT_MODEL"] = args.default
+    for flag, variable in _TUNING.items():
+        if getattr(args, flag) is not None:
+            env[variable] = str(getattr(args, flag))
+    os.environ.update(env)
+    config = ServeConfig()
+    models = load_models(config.models)  # fail here, with one clear line, not in a worker
+    default = pick_default(models, config.default_model)
+    log.info("serving %s (default %s) on http://%s:%d", sorted(models), default, args.host, args.port)
+    root = Path(__file__).resolve().parent.parent
+    command = [
+        sys.executable, "-m", "bentoml", "serve", "service.app:Graft",
+        "--host", args.host, "--port", str(args.port), "--working-dir", str(root),
+    ]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, command, env)
+    return 0  # not reached

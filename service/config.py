@@ -1,0 +1,91 @@
+"""Serving configuration: the one place that reads environment variables.
+
+`graft serve` turns its flags into these variables, so the same settings work for `bentoml serve`,
+a built Bento and a container (`docker run -e GRAFT_MAX_BATCH_SIZE=16 ...`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from artifact.errors import GraftError
+from artifact.image import DEFAULT_MAX_PIXELS
+
+ENV_PREFIX = "GRAFT_"
+DEFAULT_MODELS = "tf_efficientnet_lite0"  # a BentoML model-store tag: what the Bento bundles
+
+
+class ConfigError(GraftError, ValueError):
+    """A configuration variable holds a value the service cannot use."""
+
+
+def _env_int(name: str, default: int, *, minimum: int = 1) -> int:
+    raw = os.environ.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"expected {ENV_PREFIX}{name} to be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"expected {ENV_PREFIX}{name} >= {minimum}, got {value}")
+    return value
+
+
+def _env_list(name: str, default: str) -> tuple[str, ...]:
+    raw = os.environ.get(ENV_PREFIX + name) or default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything the services read from the environment (`GRAFT_<FIELD>` in upper case).
+
+    Attributes:
+        models: model references, comma-separated in `GRAFT_MODELS`: an artifact directory, a
+            BentoML model tag, or `NAME=DIR_OR_TAG` to serve it under another name.
+        default_model: the model used when a request names none; empty means the first one.
+        max_batch_size: largest batch the inference service runs (BentoML adaptive batching).
+        max_latency_ms: BentoML's latency budget for a batched call; requests that cannot meet it
+            are shed with 503 instead of queueing without bound.
+        max_images: most image parts accepted in one request.
+        max_pixels: most pixels in one decoded image (decompression bombs).
+        max_request_bytes: largest request body; larger ones get 413 before they are read.
+        decode_threads: threads decoding and preprocessing images in the API process.
+        intra_op_threads: ONNX Runtime intra-op threads per session; 0 lets ORT pick (one per core).
+        providers: ONNX Runtime providers to try, in order; unavailable ones are skipped.
+        trt_cache_dir: where TensorRT keeps built engines between restarts.
+        max_concurrency: most requests in flight in the API service; more get 429 at once.
+    """
+
+    models: tuple[str, ...] = field(default_factory=lambda: _env_list("MODELS", DEFAULT_MODELS))
+    default_model: str = field(default_factory=lambda: os.environ.get(ENV_PREFIX + "DEFAULT_MODEL", ""))
+    max_batch_size: int = field(default_factory=lambda: _env_int("MAX_BATCH_SIZE", 32))
+    max_latency_ms: int = field(default_factory=lambda: _env_int("MAX_LATENCY_MS", 10_000))
+    max_images: int = field(default_factory=lambda: _env_int("MAX_IMAGES", 32))
+    max_pixels: int = field(default_factory=lambda: _env_int("MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    max_request_bytes: int = field(default_factory=lambda: _env_int("MAX_REQUEST_BYTES", 64 << 20))
+    decode_threads: int = field(default_factory=lambda: _env_int("DECODE_THREADS", min(8, (os.cpu_count() or 1) * 2)))
+    intra_op_threads: int = field(default_factory=lambda: _env_int("INTRA_OP_THREADS", 0, minimum=0))
+    providers: tuple[str, ...] = field(
+        default_factory=lambda: _env_list(
+            "PROVIDERS", "TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider"
+        )
+    )
+    trt_cache_dir: Path = field(
+        default_factory=lambda: Path(
+            os.environ.get(ENV_PREFIX + "TRT_CACHE_DIR")
+            or Path.home() / ".cache" / "graft" / "tensorrt"
+        )
+    )
+    max_concurrency: int = field(default_factory=lambda: _env_int("MAX_CONCURRENCY", 64))
+
+    def batch_buckets(self) -> tuple[int, ...]:
+        """Batch sizes sessions are padded to and warmed at: powers of two up to the maximum."""
+        buckets, size = [], 1
+        while size < self.max_batch_size:
+            buckets.append(size)
+            size *= 2
+        return (*buckets, self.max_batch_size)

@@ -1,0 +1,33 @@
+"""Request images -> model inputs: decode (draft mode, EXIF, any mode to RGB, pixel cap) and the
+manifest-driven preprocessing from `artifact/`. Runs in worker threads; Pillow releases the GIL
+while decoding and resizing, so several images proceed at once without blocking the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from artifact.image import decode_image
+from artifact.preprocessing import preprocess
+from service.metrics import metrics
+from service.models import ServedModel
+
+
+def prepare(data: bytes, model: ServedModel, *, max_pixels: int) -> np.ndarray:
+    """Decode one encoded image and turn it into `model`'s float32 [3, H, W] input.
+
+    Raises:
+        ImageDecodeError: not an image, truncated, empty, or over `max_pixels`.
+    """
+    spec = model.manifest.preprocessing
+    started = time.perf_counter()
+    image = decode_image(data, min_side=spec.resize_size, max_pixels=max_pixels)
+    decoded = time.perf_counter()
+    array = preprocess(image, spec)
+    done = time.perf_counter()
+    recorder = metrics()
+    recorder.observe_stage("decode", model.name, decoded - started)
+    recorder.observe_stage("preprocess", model.name, done - decoded)
+    return array

@@ -1,0 +1,93 @@
+"""Which artifacts the service runs: model references resolved to directories and manifests."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from artifact.errors import GraftError
+from artifact.manifest import MANIFEST_FILE, Manifest, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFound(GraftError, LookupError):
+    """A model reference or a request's `model` names nothing the service can load or serves."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One artifact as the service knows it: the name clients use, where it lives, its manifest."""
+
+    name: str
+    directory: Path
+    manifest: Manifest
+
+    def summary(self) -> dict:
+        """What `GET /models` reports about this model (before the runtime adds its provider)."""
+        manifest = self.manifest
+        return {
+            "name": self.name,
+            "task": manifest.task,
+            "backbone": manifest.backbone,
+            "version": manifest.version,
+            "num_labels": manifest.num_classes,
+            "embedding_dim": manifest.embedding_dim,
+            "input_size": list(manifest.preprocessing.input_size),
+            "precision": manifest.precision,
+        }
+
+
+def _resolve_directory(reference: str) -> Path:
+    """An artifact directory for a path or a BentoML model-store tag."""
+    path = Path(reference).expanduser()
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    if path.exists() or "/" in reference:
+        raise ModelNotFound(f"expected an artifact directory with {MANIFEST_FILE}, got {reference}")
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        return Path(bentoml.models.get(reference).path)
+    except BentoMLException as error:
+        raise ModelNotFound(
+            f"expected an artifact directory or a BentoML model tag, got {reference!r} ({error})"
+        ) from error
+
+
+def load_models(references: tuple[str, ...]) -> dict[str, ServedModel]:
+    """Resolve `DIR_OR_TAG` or `NAME=DIR_OR_TAG` references, in order, keyed by served name.
+
+    Raises:
+        ModelNotFound: a reference resolves to nothing.
+        ManifestError: an artifact's manifest is invalid.
+        GraftError: no references, or two models under one name.
+    """
+    if not references:
+        raise GraftError("expected at least one model to serve, got none")
+    models: dict[str, ServedModel] = {}
+    for reference in references:
+        name, sep, target = reference.partition("=")
+        if not sep:
+            name, target = "", reference
+        directory = _resolve_directory(target)
+        manifest = read_manifest(directory)
+        name = name or manifest.name
+        if name in models:
+            raise GraftError(
+                f"expected unique model names, got {name!r} twice; serve one as NAME={target}"
+            )
+        models[name] = ServedModel(name, directory, manifest)
+        log.info("model %s: %s %s from %s", name, manifest.task, manifest.version, directory)
+    return models
+
+
+def pick_default(models: dict[str, ServedModel], default: str) -> str:
+    """The default model's name: `default` if given (it must be served), else the first model."""
+    if not default:
+        return next(iter(models))
+    if default not in models:
+        raise ModelNotFound(f"expected the default model to be one of {sorted(models)}, got {default!r}")
+    return default

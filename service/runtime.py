@@ -1,0 +1,172 @@
+"""ONNX Runtime execution: one session per artifact, batch-size buckets, warm-up.
+
+The runner knows nothing about HTTP or queues. Decoding and preprocessing happen in the API process
+(`service.decode`), so what reaches `infer` is already the model's input; the runner pads it to a
+bucket, runs it and splits the outputs into one result per image.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from artifact.manifest import MODEL_FILE, verify_model_hash
+from service.models import ServedModel
+
+log = logging.getLogger(__name__)
+
+
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def gpu_present() -> bool:
+    """Whether an NVIDIA GPU is visible (the driver's control device exists)."""
+    return Path("/dev/nvidiactl").exists()
+
+
+def preload_gpu_libraries() -> None:
+    """Load CUDA 13, cuDNN 9 and TensorRT 10 from their pip wheels (`nvidia-*`, `tensorrt-cu13-libs`).
+
+    onnxruntime-gpu 1.31 dlopens these by soname; installed as Python packages they are not on the
+    loader path, so a container built from the Bento (no CUDA base image) finds them only this way.
+    Missing libraries are left to ONNX Runtime, which then falls back to the next provider.
+    """
+    ort.preload_dlls(directory="")
+    spec = importlib.util.find_spec("tensorrt_libs")
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        for name in ("libnvinfer.so.10", "libnvinfer_plugin.so.10", "libnvonnxparser.so.10"):
+            if (folder / name).exists():
+                ctypes.CDLL(str(folder / name), mode=ctypes.RTLD_GLOBAL)
+
+
+def session_providers(
+    wanted: tuple[str, ...], *, trt_cache_dir: Path, input_name: str, input_shape: tuple[int, ...],
+    max_batch: int,
+) -> list[tuple[str, dict]]:
+    """The wanted providers this ONNX Runtime build has, in order, each with its options.
+
+    TensorRT caches built engines on disk (an engine takes minutes to build) and gets one
+    optimisation profile covering every batch size; CUDA uses heuristic cuDNN algorithm search,
+    because the default exhaustive search stalls hundreds of milliseconds on each new batch shape.
+    """
+    available = set(ort.get_available_providers())
+    if not gpu_present():
+        # onnxruntime-gpu lists GPU providers even without a GPU, then fails loudly trying them.
+        available -= set(_GPU_PROVIDERS)
+    elif available & set(wanted) & set(_GPU_PROVIDERS):
+        preload_gpu_libraries()
+    dims = "x".join(str(d) for d in input_shape)
+    options = {
+        "TensorrtExecutionProvider": {
+            "trt_fp16_enable": True,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(trt_cache_dir),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(trt_cache_dir),
+            "trt_profile_min_shapes": f"{input_name}:1x{dims}",
+            "trt_profile_opt_shapes": f"{input_name}:{max_batch}x{dims}",
+            "trt_profile_max_shapes": f"{input_name}:{max_batch}x{dims}",
+        },
+        "CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"},
+    }
+    chosen = [(name, options.get(name, {})) for name in wanted if name in available]
+    if not any(name == "CPUExecutionProvider" for name, _ in chosen):
+        chosen.append(("CPUExecutionProvider", {}))
+    if any(name == "TensorrtExecutionProvider" for name, _ in chosen):
+        trt_cache_dir.mkdir(parents=True, exist_ok=True)
+    return chosen
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32, stable for large logits."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted, dtype=np.float32)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+class Runner:
+    """One artifact's ONNX Runtime session.
+
+    Args:
+        model: the served model (its directory holds `model.onnx`).
+        buckets: batch sizes to pad to, ascending; the last is the largest batch run at once.
+        providers: provider names to try, in order.
+        intra_op_threads: ORT intra-op threads; 0 lets ORT use one per physical core.
+        trt_cache_dir: TensorRT engine cache.
+    """
+
+    def __init__(
+        self, model: ServedModel, *, buckets: tuple[int, ...], providers: tuple[str, ...],
+        intra_op_threads: int, trt_cache_dir: Path,
+    ) -> None:
+        manifest = model.manifest
+        verify_model_hash(model.directory, manifest)
+        self.name = model.name
+        self.manifest = manifest
+        self.buckets = buckets
+        self.input_name = manifest.io.input.name
+        self.input_shape = (3, *manifest.preprocessing.input_size)
+        self.output_names = [output.name for output in manifest.io.outputs]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        started = time.perf_counter()
+        self.session = ort.InferenceSession(
+            str(model.directory / MODEL_FILE),
+            sess_options=options,
+            providers=session_providers(
+                providers, trt_cache_dir=trt_cache_dir, input_name=self.input_name,
+                input_shape=self.input_shape, max_batch=buckets[-1],
+            ),
+        )
+        self.provider = self.session.get_providers()[0]
+        log.info("model %s: session on %s in %.2fs", self.name, self.provider, time.perf_counter() - started)
+
+    def bucket(self, n: int) -> int:
+        """The smallest bucket holding `n` items (the largest bucket if none does)."""
+        return next((size for size in self.buckets if size >= n), self.buckets[-1])
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a [N, 3, H, W] float32 batch; return each output's [N, ...] array.
+
+        Batches are zero-padded to a bucket so the session only ever sees warmed shapes, and run in
+        chunks of the largest bucket if bigger.
+        """
+        if batch.shape[1:] != self.input_shape:
+            raise ValueError(f"expected inputs of shape [N, {', '.join(map(str, self.input_shape))}], got {list(batch.shape)}")
+        largest = self.buckets[-1]
+        chunks = []
+        for start in range(0, len(batch), largest):
+            chunk = batch[start:start + largest]
+            size = self.bucket(len(chunk))
+            if size != len(chunk):
+                chunk = np.concatenate([chunk, np.zeros((size - len(chunk), *self.input_shape), np.float32)])
+            outputs = self.session.run(self.output_names, {self.input_name: chunk})
+            chunks.append([output[: min(largest, len(batch) - start)] for output in outputs])
+        return {
+            name: np.concatenate([chunk[i] for chunk in chunks]).astype(np.float32, copy=False)
+            for i, name in enumerate(self.output_names)
+        }
+
+    def postprocess(self, outputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """One result per item: `probabilities` (softmax of logits, classifiers) and `embedding`."""
+        results = {"embedding": outputs["embedding"]}
+        if "logits" in outputs:
+            results["probabilities"] = softmax(outputs["logits"])
+        count = len(outputs["embedding"])
+        return [{key: value[i] for key, value in results.items()} for i in range(count)]
+
+    def warmup(self) -> None:
+        """Run every bucket once, so no client request pays for a first-shape compile."""
+        started = time.perf_counter()
+        for size in self.buckets:
+            self.infer(np.zeros((size, *self.input_shape), np.float32))
+        log.info("model %s: warmed batch sizes %s in %.2fs", self.name, list(self.buckets), time.perf_counter() - started)
