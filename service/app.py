@@ -22,6 +22,7 @@ from collections import defaultdict
 from http import HTTPStatus
 from pathlib import Path
 
+import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -202,8 +203,16 @@ class Graft:
         arrays = await asyncio.gather(
             *(anyio.to_thread.run_sync(load, i, path, limiter=self.decode_limiter) for i, path in enumerate(images))
         )
+        items = [Item(model=model.name, pixels=array) for array in arrays]
         try:
-            return await self.inference.to_async.infer([Item(model=model.name, pixels=a) for a in arrays])
+            try:
+                return await self.inference.to_async.infer(items)
+            except aiohttp.ClientConnectionError as error:
+                # NOTE: BentoML 1.4.39's client replaces its aiohttp session every 100 calls and closes
+                # the old one under calls still in flight (bentoml/BentoML#5540, #5698). Inference is
+                # idempotent: retry once on the fresh session.
+                log.warning("inference call failed (%s); retrying once", error)
+                return await self.inference.to_async.infer(items)
         except BentoMLException as error:
             if error.error_code in (HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS):
                 raise Overloaded(
