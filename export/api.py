@@ -32,10 +32,6 @@ from models.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-PARITY_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle")
-"""scikit-image's bundled real photos: every export's parity gate sees at least these."""
-
-
 @dataclass(frozen=True)
 class _Source:
     """What is being exported, and what the manifest says about where it came from."""
@@ -213,19 +209,9 @@ def _export(source: _Source, out: Path, *, headless: bool, fp16: bool, overwrite
     return manifest
 
 
-def parity_photos() -> list:
-    """scikit-image's real photos as RGB PIL images (`motorcycle`: the left view of its stereo pair)."""
-    import skimage.data
-    from PIL import Image
-
-    arrays = {name: getattr(skimage.data, name)() for name in PARITY_PHOTOS if name != "motorcycle"}
-    arrays["motorcycle"] = skimage.data.stereo_motorcycle()[0]
-    return [Image.fromarray(arrays[name]) for name in PARITY_PHOTOS]
-
-
 def _parity_inputs(source: _Source) -> tuple[np.ndarray, tuple[str, ...]]:
-    images = parity_photos()
-    sources = [f"skimage: {', '.join(PARITY_PHOTOS)}"]
+    images = parity.photos()
+    sources = [f"skimage: {', '.join(parity.PHOTOS)}"]
     if source.validation is not None:
         description, extra = source.validation
         images.extend(extra)

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "CPUExecutionProvider"
 BATCH_SIZE = 16
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle")
+"""scikit-image's bundled real photos: every export's gate sees at least these."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,16 @@ FP32 = Gate("fp32", tolerance=1e-4, min_top1=1.0)
 # float16 keeps ~3 significant digits per op and errors accumulate over ~50 layers: gate on the
 # decision (top-1 agreement >= 99%) and bound the drift at 5% of the output's scale.
 FP16 = Gate("fp16", tolerance=5e-2, min_top1=0.99)
+
+
+def photos() -> list:
+    """The `PHOTOS` as RGB PIL images (`motorcycle`: the left view of scikit-image's stereo pair)."""
+    import skimage.data
+    from PIL import Image
+
+    arrays = {name: getattr(skimage.data, name)() for name in PHOTOS if name != "motorcycle"}
+    arrays["motorcycle"] = skimage.data.stereo_motorcycle()[0]
+    return [Image.fromarray(arrays[name]) for name in PHOTOS]
 
 
 def torch_outputs(backbone: Backbone, inputs: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -31,8 +31,8 @@ def photo_batch():
     """16 distinct real images: the 5 parity photos, their mirror images, and 6 crops of them."""
     from PIL import ImageOps
 
-    from export.api import parity_photos
+    from export import parity
 
-    photos = parity_photos()
+    photos = parity.photos()
     crops = [p.crop((0, 0, p.width * 2 // 3, p.height * 2 // 3)) for p in photos] + [photos[0].crop((100, 50, 400, 300))]
     return photos + [ImageOps.mirror(p) for p in photos] + crops
