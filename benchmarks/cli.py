@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     service.add_argument("--max-seconds", type=float, help="per cell (default 8; quick 3)")
     service.add_argument("--images-per-request", type=int, help="image parts per request (default 1)")
     service.add_argument("--quick", action="store_true", help="CI smoke test: few cells, few requests (< 2 min)")
+    service.add_argument("--profile", action="store_true",
+                         help="py-spy the servers during the /classify cells at 16 clients (perturbs those figures)")
     service.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
     service.set_defaults(handler=run_service)
 
@@ -111,7 +113,8 @@ def run_service(args: argparse.Namespace) -> int:
     plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     out = results_dir(args.out)
     env = environment()
-    result = service_bench.bench_service(args.model, out, plan=plan, url=args.url, baseline=args.baseline)
+    result = service_bench.bench_service(args.model, out, plan=plan, url=args.url, baseline=args.baseline,
+                                           profile_servers=args.profile)
     result = {"environment": env, **result}
     _finish(result, out, plot_service(result["cells"], result["ceiling"], out))
     missed = [t["name"] for t in result["targets"] if t["met"] is False]

@@ -85,9 +85,12 @@ def _matches_model(hist: Histogram, model: str | None) -> bool:
 
 
 def batch_sizes(hists: dict[Key, Histogram], model: str | None = None) -> dict | None:
-    """The executed batch-size histogram (a metric whose name holds 'batch_size'), merged over its
-    series for `model`: {"batches", "mean", "distribution"}; None when the service exports none."""
+    """The executed batch-size histogram (`graft_batch_size`, else any metric named '*batch_size*'),
+    merged over its series for `model`: {"batches", "mean", "distribution"}; None when none exists."""
     found = [h for h in hists.values() if "batch_size" in h.name and _matches_model(h, model)]
+    # graft's own histogram counts images per ONNX Runtime run; BentoML's `adaptive_batch_size`
+    # (merged calls per batch) is the fallback for a service without one.
+    found = [h for h in found if h.name.startswith("graft_")] or found
     if not found:
         return None
     merged = Histogram(found[0].name, {})

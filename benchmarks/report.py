@@ -152,6 +152,23 @@ def ratio_table(cells: list[dict]) -> str:
     return _table(["endpoint", "size", "clients", "graft images/s", "baseline images/s", "graft ÷ baseline"], rows)
 
 
+def profile_sections(cells: list[dict]) -> list[str]:
+    """For each profiled cell: each process's share of samples and the hottest leaf functions."""
+    parts = []
+    for c in cells:
+        prof = c.get("profile")
+        if not prof or not prof["samples"]:
+            continue
+        processes = "; ".join(f"{label} {share:.0%}" for label, share in prof["processes"].items())
+        parts += [
+            f"### py-spy: {c['server']} /{c['endpoint']} {c['size']}px, {c['concurrency']} clients "
+            f"({prof['samples']} samples, {prof['file']})",
+            f"Processes: {processes}",
+            _table(["leaf function (self time)", "share"], prof["leaves"]),
+        ]
+    return parts
+
+
 def targets_table(targets: list[dict]) -> str:
     def verdict(t: dict) -> str:
         return "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
@@ -176,7 +193,7 @@ def markdown(result: dict, command: str) -> str:
         parts += ["## Ceiling: raw ONNX Runtime on preprocessed 224-px JPEGs", ceiling_table(result["ceiling"])]
     if "cells" in result:
         parts += ["## Service and baseline", service_table(result["cells"]),
-                  "## graft ÷ baseline", ratio_table(result["cells"])]
+                  "## graft ÷ baseline", ratio_table(result["cells"]), *profile_sections(result["cells"])]
     if "targets" in result:
         parts += ["## Targets", targets_table(result["targets"])]
     return "\n\n".join(parts) + "\n"

@@ -25,7 +25,7 @@ from typing import Sequence
 import httpx
 
 from artifact.manifest import read_manifest
-from benchmarks import metrics
+from benchmarks import metrics, profile
 from benchmarks.images import make_jpegs
 from benchmarks.load import Workload, require_loopback, run_load
 from benchmarks.model_bench import QUICK_TIMING, Timing, ceiling
@@ -33,6 +33,8 @@ from benchmarks.model_bench import QUICK_TIMING, Timing, ceiling
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 300.0
+PROFILE_CLIENTS = 16
+"""With `--profile`, the /classify cells at this many clients are recorded with py-spy."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,12 @@ class Server:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError(f"expected {self.name} to be started")
+        return self.process.pid
+
     def __enter__(self) -> Server:
         logger.info("starting %s: %s (log: %s)", self.name, " ".join(self.argv), self.log_path)
         self._log = open(self.log_path, "wb")
@@ -136,7 +144,7 @@ def wait_ready(url: str, process: subprocess.Popen | None = None, timeout_s: flo
 
 
 def graft_argv(model: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "graft_cli", "serve", "--model", str(model), "--port", str(port)]
+    return [sys.executable, "-m", "graft_cli", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
 
 
 def baseline_argv(model: Path, port: int) -> list[str]:
@@ -150,8 +158,21 @@ def scrape(url: str) -> dict:
     return metrics.parse_histograms(response.text)
 
 
-def run_cells(server: str, url: str, files: dict[str, list[Path]], plan: Plan, with_metrics: bool) -> list[dict]:
-    """Every cell of `plan` against one server; one figures row per cell."""
+def run_cells(
+    server: str,
+    url: str,
+    files: dict[str, list[Path]],
+    plan: Plan,
+    *,
+    with_metrics: bool,
+    profile_pid: int | None = None,
+    profile_dir: Path = Path("."),
+) -> list[dict]:
+    """Every cell of `plan` against one server; one figures row per cell.
+
+    With `profile_pid`, the /classify cells at `PROFILE_CLIENTS` clients are sampled by py-spy
+    (which slows the server: profile in a separate run from the one whose figures you report).
+    """
     rows = []
     cells = plan.cells()
     for number, cell in enumerate(cells, 1):
@@ -162,16 +183,28 @@ def run_cells(server: str, url: str, files: dict[str, list[Path]], plan: Plan, w
             form={"top_k": "5"} if cell.endpoint == "classify" else {},
         )
         before: dict = {}
+        recording: list = []
+        profiled = profile_pid is not None and cell.endpoint == "classify" and cell.concurrency == PROFILE_CLIENTS
+        profile_file = profile_dir / f"profile-{server}-{cell.endpoint}-{cell.size}-c{cell.concurrency}.txt"
+
+        def on_measure_start() -> None:
+            if with_metrics:
+                before.update(scrape(url))
+            if profiled:
+                recording.append(profile.start(profile_pid, plan.max_seconds, profile_file))
+
         label = f"{server} /{cell.endpoint} {cell.size}px c={cell.concurrency} [{number}/{len(cells)}]"
         result = run_load(
             workload,
             concurrency=cell.concurrency,
             max_requests=plan.max_requests,
             max_seconds=plan.max_seconds,
-            on_measure_start=(lambda: before.update(scrape(url))) if with_metrics else None,
+            on_measure_start=on_measure_start,
             label=label,
         )
         row = {"server": server, **asdict(cell), **result.figures()}
+        if recording:
+            row["profile"] = profile.finish(recording[0], profile_file)
         if with_metrics:
             change = metrics.diff(scrape(url), before)
             images = len(result.latencies) * plan.images_per_request
@@ -245,6 +278,7 @@ def bench_service(
     plan: Plan,
     url: str | None = None,
     baseline: bool = True,
+    profile_servers: bool = False,
 ) -> dict:
     """Ceiling, graft service, baseline and targets; returns everything the report needs."""
     manifest = read_manifest(model)
@@ -257,15 +291,19 @@ def bench_service(
         require_loopback(url)
         wait_ready(url)
         servers["graft"] = url
+        if profile_servers:
+            logger.warning("--profile needs a server this run starts; not profiling %s", url)
         rows += run_cells("graft", url, files, plan, with_metrics=True)
     else:
         with Server("graft", graft_argv(model, port := free_port()), port, out / "graft-server.log") as server:
             servers["graft"] = server.url
-            rows += run_cells("graft", server.url, files, plan, with_metrics=True)
+            rows += run_cells("graft", server.url, files, plan, with_metrics=True,
+                              profile_pid=server.pid if profile_servers else None, profile_dir=out)
     if baseline:
         with Server("baseline", baseline_argv(model, port := free_port()), port, out / "baseline-server.log") as server:
             servers["baseline"] = server.url
-            rows += run_cells("baseline", server.url, files, plan, with_metrics=False)
+            rows += run_cells("baseline", server.url, files, plan, with_metrics=False,
+                              profile_pid=server.pid if profile_servers else None, profile_dir=out)
     return {
         "kind": "service",
         "settings": {
@@ -274,6 +312,7 @@ def bench_service(
             "backbone": manifest.backbone,
             "servers": servers,
             "plan": asdict(plan),
+            "profiled": profile_servers,
             "images": {size: [p.name for p in paths] for size, paths in files.items()},
         },
         "ceiling": ceiling_figures,

@@ -103,3 +103,35 @@ def test_load_is_refused_beyond_loopback():
     require_loopback("http://localhost:3000")
     with pytest.raises(ValueError, match="loopback"):
         require_loopback("http://10.1.2.3:3000/classify")
+
+
+def test_profile_summary_shares_by_process_and_leaf():
+    from benchmarks.profile import summarise
+
+    raw = "\n".join([
+        'process 10:"python -m _bentoml_impl.worker.service --service-name GraftInference";run (runtime.py:40);'
+        "InferenceSession.run (session.py:220) 60",
+        'process 11:"python -m _bentoml_impl.worker.service --service-name Graft";load (app.py:170);'
+        "decode_image (image.py:80) 30",
+        'process 11:"python -m _bentoml_impl.worker.service --service-name Graft";decode_image (image.py:81) 10',
+        "",
+    ])
+    summary = summarise(raw)
+    assert summary["samples"] == 100
+    assert summary["leaves"][0] == ["InferenceSession.run (session.py)", pytest.approx(0.6)]
+    assert summary["leaves"][1] == ["decode_image (image.py)", pytest.approx(0.4)]
+    assert sum(summary["processes"].values()) == pytest.approx(1.0)
+    assert len(summary["processes"]) == 2
+
+
+def test_graft_batch_histogram_wins_over_bentomls():
+    text = "\n".join([
+        "# TYPE bentoml_service_adaptive_batch_size histogram",
+        'bentoml_service_adaptive_batch_size_bucket{le="1.0",service_name="graft-inference"} 0',
+        'bentoml_service_adaptive_batch_size_bucket{le="+Inf",service_name="graft-inference"} 2',
+        'bentoml_service_adaptive_batch_size_count{service_name="graft-inference"} 2',
+        'bentoml_service_adaptive_batch_size_sum{service_name="graft-inference"} 16',
+        _exposition({"1": 0, "8": 2, "+Inf": 0}, 16, 0.0, 0),
+    ])
+    batch = metrics.batch_sizes(metrics.parse_histograms(text))
+    assert batch == {"batches": 2, "mean": 8.0, "distribution": {"8": 2}}
