@@ -51,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     service.add_argument("--url", help="benchmark an already running graft service (loopback only) serving --model")
     service.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline server")
     service.add_argument("--concurrency", type=_int_list, help="clients per cell (default 1,4,16,64; quick 1,16)")
-    service.add_argument("--max-requests", type=int, help="per cell (default 600; quick 32)")
-    service.add_argument("--max-seconds", type=float, help="per cell (default 8; quick 3)")
+    service.add_argument("--max-requests", type=int, help="per cell (default 600; quick 16)")
+    service.add_argument("--max-seconds", type=float, help="seconds per cell, plus as long again for requests in flight (default 8; quick 2)")
     service.add_argument("--images-per-request", type=int, help="image parts per request (default 1)")
     service.add_argument("--quick", action="store_true", help="CI smoke test: few cells, few requests (< 2 min)")
     service.add_argument("--profile", action="store_true",

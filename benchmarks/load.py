@@ -53,6 +53,8 @@ class LoadResult:
     duration_s: float = 0.0
     latencies: list[float] = field(default_factory=list)
     errors: Counter = field(default_factory=Counter)
+    unfinished: int = 0
+    """Requests still in flight at the deadline (cancelled; not in `requests`)."""
 
     @property
     def requests(self) -> int:
@@ -65,6 +67,7 @@ class LoadResult:
             "images_per_request": self.images_per_request,
             "requests": self.requests,
             "errors": dict(self.errors),
+            "unfinished": self.unfinished,
             "duration_s": self.duration_s,
             "requests_per_s": ok / self.duration_s if self.duration_s else 0.0,
             "images_per_s": ok * self.images_per_request / self.duration_s if self.duration_s else 0.0,
@@ -125,24 +128,32 @@ async def _drive(
         if on_measure_start is not None:
             on_measure_start()  # nothing is in flight here, so a blocking call is harmless
 
-        start = time.perf_counter()
+        start = last_answer = time.perf_counter()
         deadline = start + max_seconds
         with tqdm(total=max_requests, desc=label, unit="req", leave=False) as progress:
 
             async def client_loop() -> None:
-                nonlocal issued
+                nonlocal issued, last_answer
                 while issued < max_requests and time.perf_counter() < deadline:
                     index = issued
                     issued += 1
                     latency, error = await send(index)
+                    last_answer = time.perf_counter()
                     if error is None:
                         result.latencies.append(latency)
                     else:
                         result.errors[error] += 1
                     progress.update()
 
-            await asyncio.gather(*(client_loop() for _ in range(concurrency)))
-        result.duration_s = time.perf_counter() - start
+            # No request starts after the deadline; those in flight get as long again to finish
+            # (so the server is idle when the next cell starts), then are cancelled as unfinished.
+            tasks = [asyncio.create_task(client_loop()) for _ in range(concurrency)]
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline + max_seconds - time.perf_counter()))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            result.unfinished = len(pending)
+            result.duration_s = last_answer - start
     return result
 
 
@@ -157,7 +168,9 @@ def run_load(
     label: str = "load",
 ) -> LoadResult:
     """Drive `workload` with `concurrency` closed-loop clients until `max_requests` are sent or
-    `max_seconds` have passed (requests in flight at the deadline still complete and count).
+    `max_seconds` have passed. Requests in flight at the deadline may finish within another
+    `max_seconds` and count; any still running then are cancelled and counted as `unfinished`.
+    Throughput is answered requests over the time to the last answer.
 
     Args:
         on_measure_start: called after the warm-up, before the first timed request (e.g. to take a

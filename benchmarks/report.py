@@ -132,9 +132,9 @@ def _batches(row: dict) -> str | None:
 
 def service_table(cells: list[dict]) -> str:
     return _table(
-        ["server", "endpoint", "size", "clients", "requests", "errors", "images/s", "p50 ms", "p95 ms", "p99 ms",
-         "executed batch (le:count)", "server time split"],
-        [[c["server"], c["endpoint"], c["size"], c["concurrency"], c["requests"], sum(c["errors"].values()),
+        ["server", "endpoint", "size", "clients", "requests", "errors", "unfinished", "images/s", "p50 ms",
+         "p95 ms", "p99 ms", "executed batch (le:count)", "server time split"],
+        [[c["server"], c["endpoint"], c["size"], c["concurrency"], c["requests"], sum(c["errors"].values()), c["unfinished"],
           c["images_per_s"], c["latency_ms"].get("p50"), c["latency_ms"].get("p95"), c["latency_ms"].get("p99"),
           _batches(c), _split(c)] for c in cells],
     )

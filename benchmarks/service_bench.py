@@ -63,8 +63,8 @@ class Plan:
         return cls(
             concurrency=(1, 16),
             sizes={"classify": ("224", "2000"), "embed": ("224",)},
-            max_requests=32,
-            max_seconds=3.0,
+            max_requests=16,
+            max_seconds=2.0,
             ceiling_batch_sizes=(1, 8),
             ceiling_timing=QUICK_TIMING,
         )
