@@ -176,11 +176,12 @@ def _export(source: _Source, out: Path, *, headless: bool, fp16: bool, overwrite
 
         inputs, sources = _parity_inputs(source)
         reference = parity.torch_outputs(source.backbone, inputs, tuple(o.name for o in io.outputs))
-        figures = {"fp32": parity.check(fp32_path, inputs, reference, parity.FP32, sources)}
+        head = None if headless else source.backbone.head
+        figures = {"fp32": parity.check(fp32_path, inputs, reference, parity.FP32, sources, head)}
         if fp16:
             graph.convert_fp16(fp32_path, tmp / MODEL_FILE)
             fp32_path.unlink()
-            figures["fp16"] = parity.check(tmp / MODEL_FILE, inputs, reference, parity.FP16, sources)
+            figures["fp16"] = parity.check(tmp / MODEL_FILE, inputs, reference, parity.FP16, sources, head)
 
         model_sha = sha256_file(tmp / MODEL_FILE)
         manifest = Manifest(

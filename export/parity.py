@@ -1,9 +1,11 @@
 """The parity gate: ONNX Runtime must reproduce PyTorch on real images before an artifact exists.
 
-Both sides get the same float32 batches from `artifact.preprocessing`. An output passes when
-`max |onnx - torch| <= tolerance * max(1, max |torch|)`: absolute for outputs of order 1 (ImageNet
-logits, Lite0 embeddings), relative for large-magnitude ones (e.g. an untrained ResNet-50's logits,
-where float32 rounding alone exceeds any fixed absolute bound). Classifiers must also agree on top-1.
+Both sides get the same float32 batches from `artifact.preprocessing`. An output passes when, for
+every image, `max |onnx - torch| <= tolerance * max(1, max |torch|)` over that image's output:
+absolute for outputs of order 1 (ImageNet logits, Lite0 embeddings), relative for large-magnitude
+ones (an untrained ResNet-50's logits reach ~100, a fine-tuned head's logits on out-of-domain photos
+~1e4, where float32 rounding alone exceeds a fixed absolute bound). Scaling per image keeps one
+large-magnitude image from loosening the bound for the others. Classifiers must also agree on top-1.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from torch import nn
 
 from artifact.manifest import ParityFigures
 from export.errors import ParityError
@@ -82,10 +85,29 @@ def onnx_outputs(path: Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.concatenate([b[i] for b in batches]).astype(np.float32) for i, name in enumerate(names)}
 
 
+def scaled_diff(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Per image [N]: max |actual - expected| / max(1, max |expected|) over that image's output."""
+    axes = tuple(range(1, expected.ndim))
+    scale = np.maximum(1.0, np.abs(expected).max(axis=axes))
+    return np.abs(actual - expected).max(axis=axes) / scale
+
+
 def check(
-    path: Path, inputs: np.ndarray, reference: dict[str, np.ndarray], gate: Gate, sources: tuple[str, ...]
+    path: Path,
+    inputs: np.ndarray,
+    reference: dict[str, np.ndarray],
+    gate: Gate,
+    sources: tuple[str, ...],
+    head: nn.Linear | None = None,
 ) -> ParityFigures:
     """Run `path` on `inputs`, compare with `reference`, and return the figures.
+
+    With `head` (classifiers), the gated logits check is stage by stage: the graph's `logits`
+    against `head` applied to the graph's own `embedding`, while `embedding` is checked against
+    PyTorch's. Together they pin the whole graph to the PyTorch model, each stage at float32
+    precision. (End to end, a fine-tuned head with standardisation folded in has weights of ~1e4
+    that amplify the trunk's 1e-5 float32 noise to ~1e-4 of the logits; that is conditioning, not
+    an export fault.) `max_abs_diff` and top-1 agreement stay end to end, against PyTorch.
 
     Raises:
         ParityError: an output differs beyond the gate, or top-1 agreement is below it; the
@@ -97,7 +119,11 @@ def check(
     if set(actual) != set(reference):
         raise ParityError(f"expected ONNX outputs {sorted(reference)}, got {sorted(actual)}")
     diffs = {name: float(np.max(np.abs(actual[name] - ref))) for name, ref in reference.items()}
-    scales = {name: max(1.0, float(np.max(np.abs(ref)))) for name, ref in reference.items()}
+    gated = dict(reference)
+    if head is not None:
+        with torch.inference_mode():
+            gated["logits"] = head(torch.from_numpy(actual["embedding"])).numpy()
+    scaled = {name: float(np.max(scaled_diff(actual[name], ref))) for name, ref in gated.items()}
     top1 = None
     if "logits" in reference:
         top1 = float(np.mean(actual["logits"].argmax(1) == reference["logits"].argmax(1)))
@@ -105,7 +131,7 @@ def check(
         images=len(inputs),
         batch_size=min(BATCH_SIZE, len(inputs)),
         max_abs_diff=diffs,
-        scale=scales,
+        max_scaled_diff=scaled,
         top1_agreement=top1,
         tolerance=gate.tolerance,
         min_top1_agreement=gate.min_top1 if top1 is not None else None,
@@ -113,9 +139,9 @@ def check(
         provider=PROVIDER,
     )
     failures = [
-        f"{name} max abs diff {diffs[name]:.3g} > {gate.tolerance:g} x scale {scales[name]:.3g}"
+        f"{name} max abs diff {diffs[name]:.3g}, {scaled[name]:.3g} of its image's scale > {gate.tolerance:g}"
         for name in reference
-        if diffs[name] > gate.tolerance * scales[name]
+        if scaled[name] > gate.tolerance
     ]
     if top1 is not None and top1 < gate.min_top1:
         failures.append(f"top-1 agreement {top1:.2%} < {gate.min_top1:.0%}")
@@ -125,7 +151,8 @@ def check(
             f"{PROVIDER}): {'; '.join(failures)}"
         )
     log.info(
-        "%s parity on %d images: max abs diff %s, top-1 agreement %s",
-        gate.name, len(inputs), {k: f"{v:.2e}" for k, v in diffs.items()}, top1,
+        "%s parity on %d images: max abs diff %s (scaled %s), top-1 agreement %s",
+        gate.name, len(inputs), {k: f"{v:.2e}" for k, v in diffs.items()},
+        {k: f"{v:.2e}" for k, v in scaled.items()}, top1,
     )
     return figures

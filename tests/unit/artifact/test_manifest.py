@@ -51,7 +51,7 @@ def classifier(**changes) -> Manifest:
         parity={
             "fp32": ParityFigures(
                 images=5, batch_size=5, max_abs_diff={"logits": 1e-6, "embedding": 2e-6}, tolerance=1e-4,
-                scale={"logits": 10.0, "embedding": 3.0}, top1_agreement=1.0, min_top1_agreement=1.0,
+                max_scaled_diff={"logits": 1e-7, "embedding": 7e-7}, top1_agreement=1.0, min_top1_agreement=1.0,
                 sources=("skimage: chelsea",),
             )
         },

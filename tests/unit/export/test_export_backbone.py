@@ -40,7 +40,8 @@ def test_manifest_describes_the_classifier(lite0_classifier):
     assert {"torch", "onnx", "graft"} <= set(manifest.producer)
     figures = manifest.parity["fp32"]
     assert figures.images >= 5 and figures.batch_size > 1 and figures.top1_agreement == 1.0
-    assert all(figures.max_abs_diff[k] <= figures.tolerance * figures.scale[k] for k in ("logits", "embedding"))
+    assert all(figures.max_scaled_diff[k] <= figures.tolerance for k in ("logits", "embedding"))
+    assert figures.max_abs_diff["logits"] < 1e-3  # ImageNet logits are of order 10: ~absolute
     # the manifest's preprocessing is what the registry says these weights were trained with
     from models.backbones import get_backbone
 
