@@ -1,0 +1,57 @@
+"""In-process fixtures: the real BentoML services behind `TestClient(Graft.to_asgi())`."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from PIL import Image
+
+# Small limits so the limit tests stay small; read by service.config when service.app is imported.
+LIMITS = {
+    "GRAFT_MAX_BATCH_SIZE": "8",
+    "GRAFT_MAX_IMAGES": "6",
+    "GRAFT_MAX_PIXELS": "1000000",
+    "GRAFT_MAX_REQUEST_BYTES": str(2 << 20),
+}
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def service_app(lite0_classifier, lite0_embedder, tmp_path_factory):
+    """`service.app` imported with the classifier (default) and the embedder configured."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("GRAFT_MODELS", f"{lite0_classifier},{lite0_embedder}")
+    patch.setenv("GRAFT_DEFAULT_MODEL", "")
+    # BentoML's /metrics reads prometheus_client's multi-process files; `bentoml serve` sets this.
+    patch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path_factory.mktemp("prometheus")))
+    for name, value in LIMITS.items():
+        patch.setenv(name, value)
+    import service.app
+
+    yield service.app
+    patch.undo()
+
+
+@pytest.fixture(scope="session")
+def client(service_app):
+    """A TestClient on the API service, returned once /readyz says the models are warmed."""
+    from starlette.testclient import TestClient
+
+    with TestClient(service_app.Graft.to_asgi()) as test_client:
+        deadline = time.monotonic() + 120
+        while test_client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "service never became ready"
+            time.sleep(0.2)
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def chelsea_jpeg(photos) -> bytes:
+    return jpeg_bytes(photos["chelsea"])

@@ -1,0 +1,125 @@
+"""The API service in-process (real dispatcher, real ONNX Runtime, real JPEGs): shapes and errors."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.unit.service.conftest import jpeg_bytes
+
+EMBEDDER = "tf_efficientnet_lite0-embedder"
+
+
+def files(*blobs: bytes, field: str = "images"):
+    return [(field, (f"{i}.jpg", blob, "image/jpeg")) for i, blob in enumerate(blobs)]
+
+
+def assert_error(response, status: int, fragment: str):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "expected", "got"}, body
+    assert fragment in body["error"], body
+    return body
+
+
+def test_classify_chelsea_is_a_cat(client, chelsea_jpeg):
+    response = client.post("/classify", files=files(chelsea_jpeg), data={"top_k": "3"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "tf_efficientnet_lite0" and body["top_k"] == 3 and not body["top_k_capped"]
+    (predictions,) = body["predictions"]
+    assert len(predictions) == 3 and any("cat" in p["label"] for p in predictions)
+    scores = [p["score"] for p in predictions]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
+
+
+def test_one_result_per_image_in_order(client, photos):
+    names = ["coffee", "chelsea", "rocket", "chelsea"]
+    response = client.post("/classify", files=files(*(jpeg_bytes(photos[n]) for n in names)), data={"top_k": "1"})
+    top1 = [p[0]["label"] for p in response.json()["predictions"]]
+    singles = [
+        client.post("/classify", files=files(jpeg_bytes(photos[n])), data={"top_k": "1"}).json()["predictions"][0][0]["label"]
+        for n in names
+    ]
+    assert top1 == singles and top1[1] == top1[3] and top1[0] != top1[1]
+
+
+def test_top_k_is_capped_at_the_label_count(client, chelsea_jpeg):
+    body = client.post("/classify", files=files(chelsea_jpeg), data={"top_k": "5000"}).json()
+    assert body["top_k"] == 1000 and body["top_k_capped"] is True
+    assert len(body["predictions"][0]) == 1000
+    assert sum(p["score"] for p in body["predictions"][0]) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("model", ["", EMBEDDER])
+def test_embed_is_unit_norm_of_the_manifest_dim(client, chelsea_jpeg, model):
+    body = client.post("/embed", files=files(chelsea_jpeg, chelsea_jpeg), data={"model": model}).json()
+    assert body["dim"] == 1280 and body["normalized"] is True
+    vectors = np.asarray(body["embeddings"])
+    assert vectors.shape == (2, 1280)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_embed_without_normalisation_keeps_the_raw_vector(client, chelsea_jpeg):
+    raw = client.post("/embed", files=files(chelsea_jpeg), data={"normalize": "false"}).json()
+    unit = client.post("/embed", files=files(chelsea_jpeg)).json()
+    raw_vector = np.asarray(raw["embeddings"][0])
+    assert raw["normalized"] is False and np.linalg.norm(raw_vector) > 1.5
+    np.testing.assert_allclose(raw_vector / np.linalg.norm(raw_vector), unit["embeddings"][0], atol=1e-5)
+
+
+def test_models_lists_both_with_their_provider(client):
+    body = client.get("/models").json()
+    assert body["default"] == "tf_efficientnet_lite0"
+    by_name = {m["name"]: m for m in body["models"]}
+    assert by_name["tf_efficientnet_lite0"]["num_labels"] == 1000
+    assert by_name[EMBEDDER]["task"] == "embedder" and by_name[EMBEDDER]["embedding_dim"] == 1280
+    assert all(m["provider"] == "CPUExecutionProvider" for m in body["models"])
+
+
+def test_openapi_documents_the_endpoints(client):
+    spec = client.get("/docs.json").json()
+    assert {"/classify", "/embed"} <= set(spec["paths"])
+    assert "text/html" in client.get("/").headers["content-type"]  # BentoML's Swagger UI
+
+
+def png_bytes(size, mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("request_kwargs, status, fragment", [
+    ({"files": files(b"")}, 400, "got an empty file"),
+    ({"files": files(b"hello, not an image")}, 400, "cannot identify"),
+    ({"files": files(b"\xff\xd8\xff\xe0" + b"\x00" * 64)}, 400, "images[0]"),
+    ({"files": files(png_bytes((1001, 1001)))}, 400, "expected at most 1000000 pixels"),
+    ({"files": files(*[png_bytes((8, 8))] * 7)}, 400, "at most 6 files"),
+    ({"files": files(png_bytes((8, 8)), field="image")}, 400, "got a file in 'image'"),
+    ({"data": {"top_k": "3"}}, 400, "expected a form field named 'images'"),
+    ({"files": files(png_bytes((8, 8))), "data": {"top_k": "0"}}, 400, "top_k: expected a positive integer, got 0"),
+    ({"files": files(png_bytes((8, 8))), "data": {"top_k": "-2"}}, 400, "top_k: expected a positive integer"),
+    ({"files": files(png_bytes((8, 8))), "data": {"top_k": "2.5"}}, 400, "top_k: expected a positive integer, got 2.5"),
+    ({"files": files(png_bytes((8, 8))), "data": {"top_k": "three"}}, 400, "top_k: expected a positive integer"),
+    ({"files": files(png_bytes((8, 8))), "data": {"model": "nope"}}, 404, "expected model to be one of"),
+    ({"files": files(png_bytes((8, 8))), "data": {"model": EMBEDDER}}, 400, "expected a classifier model"),
+    ({"data": {"images": "http://169.254.169.254/latest/meta-data"}}, 400, "does not fetch URLs"),
+    ({"json": {"images": ["http://example.com/cat.jpg"]}}, 400, "images"),
+    ({"content": b"--x\r\ngarbage", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, "'images'"),
+    ({"content": b"garbage", "headers": {"content-type": "multipart/form-data"}}, 400, "form body"),
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "JSON"),
+    ({"content": b"x" * (3 << 20), "headers": {"content-type": "multipart/form-data; boundary=x"}}, 413, "at most 2097152 bytes"),
+], ids=lambda value: None)
+def test_bad_requests_get_a_4xx_json_error(client, chelsea_jpeg, request_kwargs, status, fragment):
+    assert_error(client.post("/classify", **request_kwargs), status, fragment)
+    assert client.post("/classify", files=files(chelsea_jpeg)).status_code == 200
+
+
+def test_a_truncated_jpeg_says_so(client, chelsea_jpeg):
+    body = assert_error(client.post("/classify", files=files(chelsea_jpeg[: len(chelsea_jpeg) // 2])), 400, "truncated")
+    assert body["expected"] == "a complete, valid image"
+
+
+def test_one_bad_image_names_its_position(client, chelsea_jpeg):
+    assert_error(client.post("/embed", files=files(chelsea_jpeg, b"junk")), 400, "images[1]")
