@@ -96,7 +96,14 @@ def _strict_multipart():
 _strict_multipart()
 
 
-@bentoml.service(name="graft-inference", traffic={"timeout": 120})
+# NOTE: `runner_connection` is how often the API service's client for this service replaces its
+# connection pool. BentoML 1.4.39 closes the old pool under calls still in flight (every 100 calls by
+# default: bentoml/BentoML#5540), so we make replacement rare instead of routine.
+@bentoml.service(
+    name="graft-inference",
+    traffic={"timeout": 120},
+    runner_connection={"max_requests": 1_000_000_000, "max_age": 86_400.0},
+)
 class GraftInference:
     """Loads one ONNX Runtime session per model, warms every batch bucket, then runs batches."""
 
@@ -208,9 +215,8 @@ class Graft:
             try:
                 return await self.inference.to_async.infer(items)
             except aiohttp.ClientConnectionError as error:
-                # NOTE: BentoML 1.4.39's client replaces its aiohttp session every 100 calls and closes
-                # the old one under calls still in flight (bentoml/BentoML#5540, #5698). Inference is
-                # idempotent: retry once on the fresh session.
+                # A dropped connection to the inference worker (or the pool replacement race noted
+                # at GraftInference): inference is idempotent, so retry once on a fresh connection.
                 log.warning("inference call failed (%s); retrying once", error)
                 return await self.inference.to_async.infer(items)
         except BentoMLException as error:
