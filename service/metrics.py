@@ -10,9 +10,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-STAGES = ("decode", "preprocess", "inference")
-
-
 @dataclass(frozen=True)
 class Metrics:
     stage_seconds: object  # prometheus_client.Histogram, labels: stage, model
