@@ -30,6 +30,7 @@ import random
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -129,6 +130,18 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 
 # ---- head on cached features -------------------------------------------------------------------
+@contextmanager
+def single_thread():
+    """Run tiny tensor ops on one thread: on a busy machine, waiting for a second one costs more
+    than the op (the head's steps are ~1e5 FLOPs each)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train_linear_head(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -157,25 +170,26 @@ def train_linear_head(
     steps = epochs * math.ceil(len(train_x) / batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
     train_n, history = norm(train_x), []
-    for epoch in range(first_epoch, first_epoch + epochs):
-        total_loss, correct = 0.0, 0
-        for batch in torch.randperm(len(train_n), generator=generator).split(batch_size):
-            logits = head(train_n[batch])
-            loss = F.cross_entropy(logits, train_y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.item() * len(batch)
-            correct += (logits.argmax(1) == train_y[batch]).sum().item()
-        entry = {"epoch": epoch, "phase": phase, "train_loss": total_loss / len(train_n),
-                 "train_accuracy": correct / len(train_n)}
-        if val is not None:
-            with torch.no_grad():
-                logits = head(norm(val[0]))
-            entry["val_loss"] = F.cross_entropy(logits, val[1]).item()
-            entry["val_accuracy"] = (logits.argmax(1) == val[1]).float().mean().item()
-        history.append(entry)
+    with single_thread():
+        for epoch in range(first_epoch, first_epoch + epochs):
+            total_loss, correct = 0.0, 0
+            for batch in torch.randperm(len(train_n), generator=generator).split(batch_size):
+                logits = head(train_n[batch])
+                loss = F.cross_entropy(logits, train_y[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total_loss += loss.item() * len(batch)
+                correct += (logits.argmax(1) == train_y[batch]).sum().item()
+            entry = {"epoch": epoch, "phase": phase, "train_loss": total_loss / len(train_n),
+                     "train_accuracy": correct / len(train_n)}
+            if val is not None:
+                with torch.no_grad():
+                    logits = head(norm(val[0]))
+                entry["val_loss"] = F.cross_entropy(logits, val[1]).item()
+                entry["val_accuracy"] = (logits.argmax(1) == val[1]).float().mean().item()
+            history.append(entry)
     folded = nn.Linear(train_x.shape[1], num_classes)
     with torch.no_grad():
         folded.weight.copy_(head.weight / std)
