@@ -210,22 +210,26 @@ class Graft:
         arrays = await asyncio.gather(
             *(anyio.to_thread.run_sync(load, i, path, limiter=self.decode_limiter) for i, path in enumerate(images))
         )
-        items = [Item(model=model.name, pixels=array) for array in arrays]
+        return await self._infer([Item(model=model.name, pixels=array) for array in arrays])
+
+    async def _infer(self, items: list[Item]) -> list[ItemResult]:
+        """Send items to the batched inference API; its unavailability becomes a 503 for the client."""
         try:
             try:
                 return await self.inference.to_async.infer(items)
             except aiohttp.ClientConnectionError as error:
                 # A dropped connection to the inference worker (or the pool replacement race noted
                 # at GraftInference): inference is idempotent, so retry once on a fresh connection.
-                log.warning("inference call failed (%s); retrying once", error)
+                log.warning("inference call failed (%r); retrying once", error)
                 return await self.inference.to_async.infer(items)
+        except aiohttp.ClientConnectionError as error:
+            raise Overloaded(f"expected the inference worker to be reachable, got {error!r}; retry shortly") from error
         except BentoMLException as error:
-            if error.error_code in (HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS):
-                raise Overloaded(
-                    "expected the inference service to accept work, got 503 (warming up or "
-                    "overloaded); retry shortly"
-                ) from error
-            raise
+            if error.error_code not in (HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS):
+                raise
+            raise Overloaded(
+                "expected the inference service to accept work, got 503 (warming up or overloaded); retry shortly"
+            ) from error
 
     @staticmethod
     def _error(error: Exception) -> JSONResponse:

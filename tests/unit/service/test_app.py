@@ -95,6 +95,7 @@ def png_bytes(size, mode="RGB") -> bytes:
     ({"files": files(b"hello, not an image")}, 400, "cannot identify"),
     ({"files": files(b"\xff\xd8\xff\xe0" + b"\x00" * 64)}, 400, "images[0]"),
     ({"files": files(png_bytes((1001, 1001)))}, 400, "expected at most 1000000 pixels"),
+    ({"files": files(png_bytes((1, 20000)))}, 400, "expected an aspect ratio that resizes within"),
     ({"files": files(*[png_bytes((8, 8))] * 7)}, 400, "at most 6 files"),
     ({"files": files(png_bytes((8, 8)), field="image")}, 400, "got a file in 'image'"),
     ({"data": {"top_k": "3"}}, 400, "expected a form field named 'images'"),
@@ -114,6 +115,14 @@ def png_bytes(size, mode="RGB") -> bytes:
 def test_bad_requests_get_a_4xx_json_error(client, chelsea_jpeg, request_kwargs, status, fragment):
     assert_error(client.post("/classify", **request_kwargs), status, fragment)
     assert client.post("/classify", files=files(chelsea_jpeg)).status_code == 200
+
+
+@pytest.mark.parametrize("mode, fmt", [("CMYK", "JPEG"), ("L", "JPEG"), ("I;16", "PNG"), ("RGBA", "PNG"), ("P", "GIF"), ("RGB", "WEBP")])
+def test_any_image_mode_is_served(client, photos, mode, fmt):
+    buffer = io.BytesIO()
+    photos["chelsea"].convert(mode).save(buffer, fmt)
+    body = client.post("/classify", files=files(buffer.getvalue()), data={"top_k": "1"}).json()
+    assert len(body["predictions"]) == 1 and 0 < body["predictions"][0][0]["score"] <= 1
 
 
 def test_a_truncated_jpeg_says_so(client, chelsea_jpeg):
