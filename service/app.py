@@ -27,8 +27,8 @@ import anyio
 import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException, ServiceUnavailable
-from starlette.exceptions import HTTPException
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -167,7 +167,8 @@ class GraftInference:
 
 @bentoml.service(name="graft", traffic={"timeout": 120})
 class Graft:
-    """The public API: /classify, /embed, /models (plus BentoML's /livez, /readyz, /metrics, /docs)."""
+    """The public API: /classify, /embed, GET /models; BentoML adds /livez, /readyz, /metrics, the
+    OpenAPI spec at /docs.json and its Swagger UI at /."""
 
     inference = bentoml.depends(GraftInference)
 
