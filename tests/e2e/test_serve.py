@@ -56,8 +56,9 @@ class Server:
 def server(lite0_classifier, lite0_embedder, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, **LIMITS}
-    env.pop("GRAFT_MODELS", None)
+    # Only this module's settings: not the caller's GRAFT_* (nor those the in-process suite sets).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(LIMITS)
     with open(log, "wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "graft_cli", "serve", "--model", str(lite0_classifier),
