@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -66,6 +67,7 @@ def _finish(result: dict, out: Path, plots: list[Path]) -> None:
 
     command = shlex.join(["graft", *sys.argv[1:]])
     result["command"] = command
+    result["environment"]["load_average_end"] = os.getloadavg()  # a busy machine shows here
     write_json(out / "results.json", result)
     text = markdown(result, command)
     (out / "results.md").write_text(text)

@@ -55,14 +55,15 @@ def finish(recorder: subprocess.Popen | None, output: Path, timeout_s: float = 6
 
 
 def _process_label(frame: str) -> str:
+    """'PID NAME': a BentoML worker's `--service-name`, else the start of its command line."""
     match = _PROCESS.match(frame)
     if not match:
         return frame
     pid, command = match.groups()
-    # BentoML names its workers in their command line; keep the part that says which one it is.
     words = command.split()
-    name = next((w for w in words if "service" in w.lower() or w.endswith(":Graft")), words[-1] if words else "")
-    return f"{pid} {name[-60:]}"
+    if "--service-name" in words[:-1]:
+        return f"{pid} {words[words.index('--service-name') + 1]}"
+    return f"{pid} {' '.join(words[1:4])[:60]}"
 
 
 def summarise(raw: str, top: int = 15) -> dict:
@@ -74,7 +75,9 @@ def summarise(raw: str, top: int = 15) -> dict:
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        processes[_process_label(frames[0]) if frames[0].startswith("process ") else "-"] += int(count)
+        # With --subprocesses a stack starts with its process chain (parent first): the last one ran it.
+        owner = next((f for f in reversed(frames) if f.startswith("process ")), None)
+        processes[_process_label(owner) if owner else "-"] += int(count)
         leaves[_LINE_NUMBER.sub(")", frames[-1])] += int(count)
     total = sum(leaves.values())
     if not total:

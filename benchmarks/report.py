@@ -184,7 +184,8 @@ def markdown(result: dict, command: str) -> str:
         f"# graft bench {result['kind']}",
         f"`{command}` at {env['started_at']}, git {env['git']}",
         f"{env['cpu']}, {env['cpus']} CPUs, {env['memory_gb']} GB, GPUs: {', '.join(env['gpus']) or 'none'}; "
-        f"load average at start {', '.join(f'{x:.2f}' for x in env['load_average'])}; "
+        f"load average (1, 5, 15 min) at start {', '.join(f'{x:.2f}' for x in env['load_average'])}, at end "
+        f"{', '.join(f'{x:.2f}' for x in env.get('load_average_end', ()))}; "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
     ]
     if "rows" in result:

@@ -108,20 +108,20 @@ def test_load_is_refused_beyond_loopback():
 def test_profile_summary_shares_by_process_and_leaf():
     from benchmarks.profile import summarise
 
+    root = 'process 9:"python -m bentoml serve service.app:Graft --port 3000";'
     raw = "\n".join([
-        'process 10:"python -m _bentoml_impl.worker.service --service-name GraftInference";run (runtime.py:40);'
-        "InferenceSession.run (session.py:220) 60",
-        'process 11:"python -m _bentoml_impl.worker.service --service-name Graft";load (app.py:170);'
-        "decode_image (image.py:80) 30",
-        'process 11:"python -m _bentoml_impl.worker.service --service-name Graft";decode_image (image.py:81) 10',
+        root + 'process 10:"python -m _bentoml_impl.worker.service --service-name graft-inference --fd 6";'
+        "run (runtime.py:40);InferenceSession.run (session.py:220) 60",
+        root + 'process 11:"python -m _bentoml_impl.worker.service --fd 10 --service-name graft";'
+        "load (app.py:170);decode_image (image.py:80) 30",
+        root + 'process 11:"python -m _bentoml_impl.worker.service --fd 10 --service-name graft";decode_image (image.py:81) 10',
         "",
     ])
     summary = summarise(raw)
     assert summary["samples"] == 100
     assert summary["leaves"][0] == ["InferenceSession.run (session.py)", pytest.approx(0.6)]
     assert summary["leaves"][1] == ["decode_image (image.py)", pytest.approx(0.4)]
-    assert sum(summary["processes"].values()) == pytest.approx(1.0)
-    assert len(summary["processes"]) == 2
+    assert summary["processes"] == {"10 graft-inference": pytest.approx(0.6), "11 graft": pytest.approx(0.4)}
 
 
 def test_graft_batch_histogram_wins_over_bentomls():
