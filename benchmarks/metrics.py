@@ -80,14 +80,10 @@ def diff(after: dict[Key, Histogram], before: dict[Key, Histogram]) -> dict[Key,
     return {key: hist.minus(before.get(key)) for key, hist in after.items()}
 
 
-def _matches_model(hist: Histogram, model: str | None) -> bool:
-    return model is None or hist.labels.get("model", model) == model
-
-
-def batch_sizes(hists: dict[Key, Histogram], model: str | None = None) -> dict | None:
+def batch_sizes(hists: dict[Key, Histogram]) -> dict | None:
     """The executed batch-size histogram (`graft_batch_size`, else any metric named '*batch_size*'),
-    merged over its series for `model`: {"batches", "mean", "distribution"}; None when none exists."""
-    found = [h for h in hists.values() if "batch_size" in h.name and _matches_model(h, model)]
+    merged over its series (models): {"batches", "mean", "distribution"}; None when none exists."""
+    found = [h for h in hists.values() if "batch_size" in h.name]
     # graft's own histogram counts images per ONNX Runtime run; BentoML's `adaptive_batch_size`
     # (merged calls per batch) is the fallback for a service without one.
     found = [h for h in found if h.name.startswith("graft_")] or found
@@ -109,13 +105,16 @@ def _stage(hist: Histogram) -> str | None:
     return next((s for s in STAGES if s in hist.name), None)
 
 
-def stage_seconds(hists: dict[Key, Histogram], model: str | None = None) -> dict[str, dict] | None:
+def stage_seconds(hists: dict[Key, Histogram]) -> dict[str, dict] | None:
     """Server time per stage from the stage histograms (a `stage` label, or the stage's name in the
-    metric name): {stage: {"seconds", "observations"}}; None when the service exports none."""
+    metric name), summed over models: {stage: {"seconds", "observations"}}; None when there are none.
+
+    The benchmark serves one model, so every series is its; against `--url` a multi-model service's
+    other traffic during a cell would be counted too."""
     out: dict[str, dict] = {}
     for hist in hists.values():
         stage = _stage(hist)
-        if stage is None or "batch_size" in hist.name or not _matches_model(hist, model):
+        if stage is None or "batch_size" in hist.name:
             continue
         entry = out.setdefault(stage, {"seconds": 0.0, "observations": 0})
         entry["seconds"] += hist.sum
