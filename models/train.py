@@ -12,8 +12,9 @@
   from what the warmed-up head was trained on, and frozen statistics keep training and evaluation
   behaviour identical.
 - scratch: the same architecture from random init, all layers trained (BatchNorm in train mode:
-  there are no statistics to keep) for the same `epochs` on the same images: the baseline that shows
-  what transfer buys.
+  there are no statistics to keep, and they are recomputed exactly over the training images at the
+  end, see `recompute_batchnorm_stats`) for the same `epochs` on the same images: the baseline
+  that shows what transfer buys.
 
 Evaluation always runs the model on `artifact.preprocessing.preprocess` outputs. Validation is
 measured every epoch where it is free (the head on cached embeddings) and once at the end for
@@ -48,7 +49,7 @@ from models.backbones import Backbone, get_backbone
 from models.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
 from models.data import Splits, load_splits
 from models.evaluate import classification_report
-from models.features import TrainInputs, cached_embeddings, extract, loader, to_device
+from models.features import EvalInputs, TrainInputs, cached_embeddings, extract, loader, to_device
 from models.plots import plot_confusion, plot_curves
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,31 @@ def freeze_batchnorm_stats(model: nn.Module) -> None:
             module.eval()
 
 
+@torch.no_grad()
+def recompute_batchnorm_stats(model: Backbone, images, spec: PreprocessingSpec, *, device: torch.device,
+                              batch_size: int, workers: int) -> None:
+    """Replace BatchNorm running statistics by exact averages over `images` (eval inputs).
+
+    After a short training from random init the running (exponential) averages lag far behind
+    weights that moved fast, and eval mode then predicts one class; one extra forward pass over the
+    training images fixes that ("precise BN"). Only BatchNorm layers run in train mode here, so
+    dropout and stochastic depth stay off.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches that follow
+        norm.train()
+    for inputs, _ in tqdm(loader(EvalInputs(images, spec), batch_size, workers), desc="BatchNorm statistics",
+                          unit="batch", leave=False):
+        model.trunk(to_device(inputs, device))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()
+
+
 def train_network(
     model: Backbone,
     splits: Splits,
@@ -345,6 +371,8 @@ def run_training(config: TrainConfig) -> dict:
             model, splits, config, device, spec, param_groups=groups, frozen_bn=config.strategy == "fine-tune",
             first_epoch=len(history) + 1, phase=config.strategy,
         )
+        if config.strategy == "scratch":
+            recompute_batchnorm_stats(model, splits.train, spec, **common)
         timings["train_s"] = time.perf_counter() - tick
         model.eval()
         tick = time.perf_counter()
