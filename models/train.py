@@ -339,8 +339,13 @@ def run_training(config: TrainConfig) -> dict:
     val_logits: torch.Tensor | None = None
     if config.strategy in ("feature-extract", "fine-tune"):
         tick = time.perf_counter()
-        embed = lambda images, name: cached_embeddings(  # noqa: E731
-            model, config.backbone, weights_source, images, spec, name=name, **common)
+        model.eval()
+
+        def embed(images, name):
+            if weights == "none":  # a seeded random trunk: nothing worth a cache entry
+                return extract(model.embed, images, spec, desc=f"embedding {name} images", **common)
+            return cached_embeddings(model, config.backbone, weights_source, images, spec, name=name, **common)
+
         train_x = embed(splits.train, "training")
         val_x = embed(splits.val, "evaluation") if config.strategy == "feature-extract" else None
         timings["embed_s"] = time.perf_counter() - tick
@@ -351,11 +356,11 @@ def run_training(config: TrainConfig) -> dict:
             lr=config.resolved_lr, batch_size=config.batch_size, seed=config.seed,
             phase="head" if config.strategy == "feature-extract" else "warm-up",
         )
-        model.head = head.to(device)
         timings["head_s"] = time.perf_counter() - tick
         if val_x is not None:
             with torch.no_grad():
                 val_logits = head(val_x)
+        model.head = head.to(device)
 
     if config.strategy in ("fine-tune", "scratch"):
         tick = time.perf_counter()

@@ -82,6 +82,9 @@ def test_feature_cache_is_reused_and_runs_repeat(fmnist_folder, tmp_path, monkey
     assert "reusing cached training embeddings" in caplog.text
     first, second = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("a", "b"))
     assert first["history"] == second["history"] and first["accuracy"] == second["accuracy"] >= 0.9
+    # --overwrite replaces a previous run dir as a whole.
+    assert train([*args, "--epochs", "3", "--out", str(tmp_path / "a"), "--overwrite"], capsys)[0] == 0
+    assert len(assert_run_dir(tmp_path / "a")["history"]) == 3
 
 
 @pytest.mark.slow
