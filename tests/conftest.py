@@ -6,10 +6,24 @@ CLI and `export.export_backbone`), so every suite tests against what users get.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+
+def pytest_configure(config):
+    # Tests never read or fill the user's feature cache: a warm cache would hide extraction bugs.
+    config._graft_cache = tempfile.mkdtemp(prefix="graft-test-cache-")
+    os.environ["GRAFT_CACHE_DIR"] = config._graft_cache
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_graft_cache", ""), ignore_errors=True)
+
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle")
 
