@@ -91,8 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="artifact directory")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--threads", type=int, help="PyTorch intra-op threads (default: PyTorch's, one per core)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logger.info("baseline: %d PyTorch threads", torch.get_num_threads())
     uvicorn.run(create_app(args.model), host="127.0.0.1", port=args.port, workers=1, access_log=False)
 
 

@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="artifact directory served, used for the ceiling and by the baseline (default: %(default)s)")
     service.add_argument("--url", help="benchmark an already running graft service (loopback only) serving --model")
     service.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline server")
+    service.add_argument("--baseline-threads", type=int, metavar="N",
+                         help="PyTorch threads in the baseline (default: PyTorch's; 1 avoids OpenMP stalls on a busy machine)")
     service.add_argument("--concurrency", type=_int_list, help="clients per cell (default 1,4,16,64; quick 1,16)")
     service.add_argument("--max-requests", type=int, help="per cell (default 600; quick 16)")
     service.add_argument("--max-seconds", type=float, help="seconds per cell, plus as long again for requests in flight (default 8; quick 2)")
@@ -116,6 +118,7 @@ def run_service(args: argparse.Namespace) -> int:
     out = results_dir(args.out)
     env = environment()
     result = service_bench.bench_service(args.model, out, plan=plan, url=args.url, baseline=args.baseline,
+                                           baseline_threads=args.baseline_threads,
                                            profile_servers=args.profile)
     result = {"environment": env, **result}
     _finish(result, out, plot_service(result["cells"], result["ceiling"], out))

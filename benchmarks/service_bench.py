@@ -147,8 +147,9 @@ def graft_argv(model: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "graft_cli", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
 
 
-def baseline_argv(model: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.baseline_server", "--model", str(model), "--port", str(port)]
+def baseline_argv(model: Path, port: int, threads: int | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "benchmarks.baseline_server", "--model", str(model), "--port", str(port)]
+    return argv + ["--threads", str(threads)] if threads else argv
 
 
 # ---- load cells ---------------------------------------------------------------------------------
@@ -278,6 +279,7 @@ def bench_service(
     plan: Plan,
     url: str | None = None,
     baseline: bool = True,
+    baseline_threads: int | None = None,
     profile_servers: bool = False,
 ) -> dict:
     """Ceiling, graft service, baseline and targets; returns everything the report needs."""
@@ -300,7 +302,8 @@ def bench_service(
             rows += run_cells("graft", server.url, files, plan, with_metrics=True,
                               profile_pid=server.pid if profile_servers else None, profile_dir=out)
     if baseline:
-        with Server("baseline", baseline_argv(model, port := free_port()), port, out / "baseline-server.log") as server:
+        argv = baseline_argv(model, port := free_port(), baseline_threads)
+        with Server("baseline", argv, port, out / "baseline-server.log") as server:
             servers["baseline"] = server.url
             rows += run_cells("baseline", server.url, files, plan, with_metrics=False,
                               profile_pid=server.pid if profile_servers else None, profile_dir=out)
@@ -313,6 +316,7 @@ def bench_service(
             "servers": servers,
             "plan": asdict(plan),
             "profiled": profile_servers,
+            "baseline_threads": baseline_threads,
             "images": {size: [p.name for p in paths] for size, paths in files.items()},
         },
         "ceiling": ceiling_figures,
