@@ -100,11 +100,12 @@ class Runner:
         providers: provider names to try, in order.
         intra_op_threads: ORT intra-op threads; 0 lets ORT use one per physical core.
         trt_cache_dir: TensorRT engine cache.
+        pad_to_buckets: zero-pad batches to a bucket size; None pads on GPU providers only.
     """
 
     def __init__(
         self, model: ServedModel, *, buckets: tuple[int, ...], providers: tuple[str, ...],
-        intra_op_threads: int, trt_cache_dir: Path,
+        intra_op_threads: int, trt_cache_dir: Path, pad_to_buckets: bool | None = None,
     ) -> None:
         manifest = model.manifest
         verify_model_hash(model.directory, manifest)
@@ -128,6 +129,10 @@ class Runner:
             ),
         )
         self.provider = self.session.get_providers()[0]
+        # NOTE: TensorRT builds an engine and cuDNN picks algorithms per input shape, so GPU batches
+        # are padded to warmed buckets. On the CPU provider cost grows with the batch and nothing is
+        # compiled per shape: padding there only burns cores (measured by `graft bench service`).
+        self.pad = self.provider != "CPUExecutionProvider" if pad_to_buckets is None else pad_to_buckets
         log.info("model %s: session on %s in %.2fs", self.name, self.provider, time.perf_counter() - started)
 
     def bucket(self, n: int) -> int:
@@ -137,8 +142,8 @@ class Runner:
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run a [N, 3, H, W] float32 batch; return each output's [N, ...] array.
 
-        Batches are zero-padded to a bucket so the session only ever sees warmed shapes, and run in
-        chunks of the largest bucket if bigger.
+        Batches are run in chunks of the largest bucket if bigger; with `pad` each chunk is
+        zero-padded to a bucket so a GPU session only ever sees warmed shapes.
         """
         if batch.shape[1:] != self.input_shape:
             raise ValueError(f"expected inputs of shape [N, {', '.join(map(str, self.input_shape))}], got {list(batch.shape)}")
@@ -146,7 +151,7 @@ class Runner:
         chunks = []
         for start in range(0, len(batch), largest):
             chunk = batch[start:start + largest]
-            size = self.bucket(len(chunk))
+            size = self.bucket(len(chunk)) if self.pad else len(chunk)
             if size != len(chunk):
                 chunk = np.concatenate([chunk, np.zeros((size - len(chunk), *self.input_shape), np.float32)])
             outputs = self.session.run(self.output_names, {self.input_name: chunk})

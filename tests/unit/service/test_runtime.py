@@ -27,14 +27,15 @@ def direct(classifier, batch):
     return dict(zip(names, session.run(names, {classifier.manifest.io.input.name: batch})))
 
 
-def _runner(model, buckets):
+def _runner(model, buckets, pad=None):
     return Runner(model, buckets=buckets, providers=("CPUExecutionProvider",), intra_op_threads=1,
-                  trt_cache_dir=None)
+                  trt_cache_dir=None, pad_to_buckets=pad)
 
 
-@pytest.mark.parametrize("buckets", [(1, 2, 4, 8), (1, 2)], ids=["padded-to-8", "chunked-by-2"])
-def test_infer_matches_a_plain_session(classifier, batch, direct, buckets):
-    outputs = _runner(classifier, buckets).infer(batch)
+@pytest.mark.parametrize(("buckets", "pad"), [((1, 2, 4, 8), True), ((1, 2), None)],
+                         ids=["padded-to-8", "chunked-by-2"])
+def test_infer_matches_a_plain_session(classifier, batch, direct, buckets, pad):
+    outputs = _runner(classifier, buckets, pad).infer(batch)
     assert set(outputs) == {"logits", "embedding"}
     for name, expected in direct.items():
         assert outputs[name].shape == expected.shape
@@ -50,6 +51,7 @@ def test_postprocess_gives_one_softmax_per_item(classifier, batch, direct):
         assert result["probabilities"].argmax() == logits.argmax()
         assert result["embedding"].shape == (classifier.manifest.embedding_dim,)
     assert runner.bucket(3) == 4 and runner.bucket(20) == 8
+    assert not runner.pad, "the CPU provider gains nothing from padding"
 
 
 def test_infer_refuses_a_wrong_input_shape(classifier):
