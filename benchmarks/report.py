@@ -210,6 +210,20 @@ def _pyplot():
     return plt
 
 
+def _finish(ax, ticks: list, legend_size: int) -> None:
+    """The look every axis shares: log-spaced x ticks labelled as given, a light grid, a legend."""
+    ax.set_xticks(ticks, labels=ticks)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_model(rows: list[dict], path: Path) -> Path:
     """images/s against batch size, one line per (backbone, engine)."""
     plt = _pyplot()
@@ -218,13 +232,8 @@ def plot_model(rows: list[dict], path: Path) -> Path:
         line = [r for r in rows if (r["backbone"], r["engine"]) == key]
         ax.plot([r["batch_size"] for r in line], [r["images_per_s"] for r in line], marker="o", label=" ".join(key))
     ax.set(xscale="log", xlabel="batch size", ylabel="images/s", title="Model throughput by batch size")
-    ax.set_xticks(sorted({r["batch_size"] for r in rows}), labels=sorted({r["batch_size"] for r in rows}))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _finish(ax, sorted({r["batch_size"] for r in rows}), 8)
+    return _save(fig, path)
 
 
 def plot_service(cells: list[dict], ceiling: dict | None, folder: Path) -> list[Path]:
@@ -242,13 +251,8 @@ def plot_service(cells: list[dict], ceiling: dict | None, folder: Path) -> list[
                    label=f"ceiling (ORT, batch {ceiling['best']['batch_size']})")
     clients = sorted({c["concurrency"] for c in cells})
     ax.set(xscale="log", xlabel="concurrent clients", ylabel="images/s", title="Throughput vs concurrency")
-    ax.set_xticks(clients, labels=clients)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    throughput = folder / "throughput.png"
-    fig.savefig(throughput, dpi=110)
-    plt.close(fig)
+    _finish(ax, clients, 7)
+    throughput = _save(fig, folder / "throughput.png")
 
     servers = list(dict.fromkeys(c["server"] for c in cells))
     fig, axes = plt.subplots(1, len(servers), figsize=(5 * len(servers), 4), squeeze=False)
@@ -258,11 +262,5 @@ def plot_service(cells: list[dict], ceiling: dict | None, folder: Path) -> list[
             ax.plot([c["concurrency"] for c in line], [c["latency_ms"].get(q) for c in line], marker="o", label=q)
         ax.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)",
                title=f"{server}: /classify 224px latency")
-        ax.set_xticks(clients, labels=clients)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    latency = folder / "latency.png"
-    fig.savefig(latency, dpi=110)
-    plt.close(fig)
-    return [throughput, latency]
+        _finish(ax, clients, 8)
+    return [throughput, _save(fig, folder / "latency.png")]
