@@ -201,7 +201,10 @@ def read_manifest(directory: str | Path) -> Manifest:
 
 def verify_model_hash(directory: str | Path, manifest: Manifest) -> None:
     """Check `model.onnx` against the manifest's hash; raise `ManifestError` on mismatch."""
-    actual = sha256_file(Path(directory) / MODEL_FILE)
+    model = Path(directory) / MODEL_FILE
+    if not model.is_file():
+        raise ManifestError(f"expected {MODEL_FILE} beside the manifest in {directory}, got none")
+    actual = sha256_file(model)
     expected = manifest.sha256.get("model")
     if actual != expected:
         raise ManifestError(f"expected {MODEL_FILE} sha256 {expected}, got {actual}: file changed")

@@ -46,7 +46,7 @@ def register_artifact(directory: str | os.PathLike) -> str:
         RegistrationError: the store holds a different model under the same tag.
     """
     import bentoml
-    from bentoml.exceptions import NotFound
+    from bentoml.exceptions import BentoMLException, NotFound
 
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -56,6 +56,8 @@ def register_artifact(directory: str | os.PathLike) -> str:
         existing = bentoml.models.get(tag)
     except NotFound:
         existing = None
+    except BentoMLException as error:  # e.g. a --name that is no valid tag
+        raise RegistrationError(f"expected a valid BentoML model tag, got {tag!r}: {error}") from None
     if existing is not None:
         if existing.info.metadata.get("sha256_model") != manifest.sha256["model"]:
             raise RegistrationError(f"expected {tag} in the BentoML store to be this artifact, got a different model")

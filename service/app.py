@@ -85,7 +85,9 @@ def _strict_multipart():
                 else:
                     try:
                         data[key] = json.loads(values[0])
-                    except json.JSONDecodeError:
+                    except (ValueError, RecursionError):
+                        # Not JSON (JSONDecodeError), a 5000-digit int, or '[' nested past the
+                        # recursion limit: keep the text and let validation answer 400.
                         data[key] = values[0]
             return cls.model_validate(data)
 

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--default", metavar="NAME", help="model used when a request names none (default: the first)")
     parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 3000)))
+    parser.add_argument("--port", type=int, default=os.environ.get("PORT", "3000"))
     for flag in _TUNING:
         parser.add_argument("--" + flag.replace("_", "-"), type=int, metavar="N", help=f"sets {_TUNING[flag]}")
     parser.set_defaults(handler=serve)

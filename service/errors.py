@@ -30,14 +30,6 @@ class UnknownModel(ServiceError, LookupError):
     status = 404
 
 
-class PayloadTooLarge(ServiceError):
-    status = 413
-
-
-class TooManyRequests(ServiceError):
-    status = 429
-
-
 class Overloaded(ServiceError):
     status = 503
 

@@ -51,7 +51,7 @@ def _resolve_directory(reference: str) -> Path:
 
     try:
         return Path(bentoml.models.get(reference).path)
-    except BentoMLException as error:
+    except (BentoMLException, ValueError) as error:  # ValueError: not even a valid tag
         raise ModelNotFound(
             f"expected an artifact directory or a BentoML model tag, got {reference!r} ({error})"
         ) from error

@@ -103,6 +103,8 @@ def png_bytes(size, mode="RGB") -> bytes:
     ({"files": files(png_bytes((8, 8))), "data": {"top_k": "-2"}}, 400, "top_k: expected a positive integer"),
     ({"files": files(png_bytes((8, 8))), "data": {"top_k": "2.5"}}, 400, "top_k: expected a positive integer, got 2.5"),
     ({"files": files(png_bytes((8, 8))), "data": {"top_k": "three"}}, 400, "top_k: expected a positive integer"),
+    ({"files": files(png_bytes((8, 8))), "data": {"top_k": "9" * 5000}}, 400, "top_k"),  # int() digit limit
+    ({"files": files(png_bytes((8, 8))), "data": {"top_k": "[" * 5000}}, 400, "top_k"),  # JSON recursion limit
     ({"files": files(png_bytes((8, 8))), "data": {"model": "nope"}}, 404, "expected model to be one of"),
     ({"files": files(png_bytes((8, 8))), "data": {"model": EMBEDDER}}, 400, "expected a classifier model"),
     ({"data": {"images": "http://169.254.169.254/latest/meta-data"}}, 400, "does not fetch URLs"),
