@@ -15,6 +15,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = Path("artifacts/tf_efficientnet_lite0")
 
 
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(","))
@@ -51,12 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="artifact directory served, used for the ceiling and by the baseline (default: %(default)s)")
     service.add_argument("--url", help="benchmark an already running graft service (loopback only) serving --model")
     service.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline server")
-    service.add_argument("--baseline-threads", type=int, metavar="N",
+    service.add_argument("--baseline-threads", type=_positive(int), metavar="N",
                          help="PyTorch threads in the baseline (default: PyTorch's; 1 avoids OpenMP stalls on a busy machine)")
     service.add_argument("--concurrency", type=_int_list, help="clients per cell (default 1,4,16,64; quick 1,16)")
-    service.add_argument("--max-requests", type=int, help="per cell (default 600; quick 16)")
-    service.add_argument("--max-seconds", type=float, help="seconds per cell, plus as long again for requests in flight (default 8; quick 2)")
-    service.add_argument("--images-per-request", type=int, help="image parts per request (default 1)")
+    service.add_argument("--max-requests", type=_positive(int), help="per cell (default 600; quick 16)")
+    service.add_argument("--max-seconds", type=_positive(float), help="seconds per cell, plus as long again for requests in flight (default 8; quick 2)")
+    service.add_argument("--images-per-request", type=_positive(int), help="image parts per request (default 1)")
     service.add_argument("--quick", action="store_true", help="CI smoke test: few cells, few requests (< 2 min)")
     service.add_argument("--profile", action="store_true",
                          help="py-spy the servers during the /classify cells at 16 clients (perturbs those figures)")

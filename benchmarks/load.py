@@ -29,19 +29,27 @@ from urllib.parse import urlsplit
 import httpx
 from tqdm import tqdm
 
+from artifact.errors import GraftError
 from benchmarks.stats import latency_summary
 
 logger = logging.getLogger(__name__)
 
 
+class NotLoopback(GraftError, ValueError):
+    """A load target that is not this machine."""
+
+
 def require_loopback(url: str) -> None:
-    """Raise ValueError unless `url`'s host resolves to a loopback address."""
+    """Raise `NotLoopback` unless `url`'s host resolves to a loopback address."""
     host = urlsplit(url).hostname
     if not host:
-        raise ValueError(f"expected an http://HOST:PORT URL, got {url!r}")
-    address = ipaddress.ip_address(socket.gethostbyname(host))
+        raise NotLoopback(f"expected an http://HOST:PORT URL, got {url!r}")
+    try:
+        address = ipaddress.ip_address(socket.gethostbyname(host))
+    except OSError as error:
+        raise NotLoopback(f"expected a loopback host, got {host!r} which does not resolve ({error})") from None
     if not address.is_loopback:
-        raise ValueError(f"expected a loopback address (127.0.0.1, localhost), got {host} ({address})")
+        raise NotLoopback(f"expected a loopback address (127.0.0.1, localhost), got {host} ({address})")
 
 
 @dataclass
