@@ -87,11 +87,6 @@ def sweep(engine: str, run: Runner, inputs: dict[int, np.ndarray], timing: Timin
 
 
 # ---- engines ------------------------------------------------------------------------------------
-def gpu_present() -> bool:
-    """Whether an NVIDIA GPU is visible (checked without loading CUDA libraries)."""
-    return any(Path("/dev").glob("nvidia[0-9]*"))
-
-
 def _ort_runner(model_path: Path, providers: list[tuple[str, dict]]) -> Runner:
     import onnxruntime as ort
 
@@ -108,8 +103,13 @@ def ort_engines(model_path: Path, cache_dir: Path) -> dict[str, Callable[[], Run
     """ONNX Runtime engines available here, in the service's order of preference (best first)."""
     import onnxruntime as ort
 
+    from service.runtime import gpu_present, preload_gpu_libraries
+
     engines: dict[str, Callable[[], Runner]] = {}
-    available = ort.get_available_providers() if gpu_present() else ["CPUExecutionProvider"]
+    available = ["CPUExecutionProvider"]
+    if gpu_present():  # the same GPU check and CUDA/TensorRT libraries as the service
+        preload_gpu_libraries()
+        available = ort.get_available_providers()
     cuda = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
     if "TensorrtExecutionProvider" in available:
         for precision in ("fp16", "fp32"):
