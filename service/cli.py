@@ -41,10 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _absolute(reference: str) -> str:
     """`[NAME=]DIR` with DIR made absolute (workers may run elsewhere); tags pass unchanged."""
-    name, sep, target = reference.rpartition("=")
+    from service.models import split_reference
+
+    name, target = split_reference(reference)
     if Path(target).exists():
         target = str(Path(target).resolve())
-    return f"{name}{sep}{target}"
+    return f"{name}={target}" if name else target
 
 
 def serve(args: argparse.Namespace) -> int:

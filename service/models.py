@@ -57,6 +57,12 @@ def _resolve_directory(reference: str) -> Path:
         ) from error
 
 
+def split_reference(reference: str) -> tuple[str, str]:
+    """`NAME=DIR_OR_TAG` -> (NAME, DIR_OR_TAG); a plain `DIR_OR_TAG` -> ("", DIR_OR_TAG)."""
+    name, sep, target = reference.partition("=")
+    return (name, target) if sep else ("", reference)
+
+
 def load_models(references: tuple[str, ...]) -> dict[str, ServedModel]:
     """Resolve `DIR_OR_TAG` or `NAME=DIR_OR_TAG` references, in order, keyed by served name.
 
@@ -69,9 +75,7 @@ def load_models(references: tuple[str, ...]) -> dict[str, ServedModel]:
         raise GraftError("expected at least one model to serve, got none")
     models: dict[str, ServedModel] = {}
     for reference in references:
-        name, sep, target = reference.partition("=")
-        if not sep:
-            name, target = "", reference
+        name, target = split_reference(reference)
         directory = _resolve_directory(target)
         manifest = read_manifest(directory)
         name = name or manifest.name
