@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from artifact.errors import GraftError
+from artifact.preprocessing import resized_size
 
 DEFAULT_MAX_PIXELS = 40_000_000  # about 7300 x 5500: larger than any camera photo a client should send
 
@@ -59,8 +60,8 @@ def decode_image(
         min_side: the smallest side the caller will resize to (the preprocessing `resize_size`).
             JPEGs are decoded at the smallest draft scale whose both sides are still >= this.
             None decodes at full size.
-        max_pixels: refuse images with more pixels than this (read from the header, before
-            decoding). None disables the check.
+        max_pixels: refuse images with more pixels than this, as sent or once resized to
+            `min_side` (read from the header, before decoding). None disables the check.
 
     Raises:
         ImageDecodeError: not an image, truncated or corrupt data, or more pixels than allowed.
@@ -76,6 +77,15 @@ def decode_image(
                 raise ImageDecodeError(
                     f"expected at most {max_pixels} pixels, got {width}x{height} = {width * height}"
                 )
+            if max_pixels is not None and min_side is not None:
+                # A thin strip passes the cap as sent but explodes once its shorter side is resized
+                # (1 x 100000 -> 256 x 25.6 million): refuse it before decoding a pixel.
+                out_w, out_h = resized_size(width, height, min_side)
+                if out_w * out_h > max_pixels:
+                    raise ImageDecodeError(
+                        f"expected an aspect ratio that resizes within {max_pixels} pixels, got "
+                        f"{width}x{height} (resized to {out_w}x{out_h})"
+                    )
             if min_side is not None and image.format == "JPEG":
                 image.draft("RGB", (min_side, min_side))
             image.load()

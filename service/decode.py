@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from artifact.image import ImageDecodeError, decode_image
-from artifact.preprocessing import preprocess, resized_size
+from artifact.image import decode_image
+from artifact.preprocessing import preprocess
 from service.metrics import metrics
 from service.models import ServedModel
 
@@ -25,12 +25,6 @@ def prepare(data: bytes, model: ServedModel, *, max_pixels: int) -> np.ndarray:
     spec = model.manifest.preprocessing
     started = time.perf_counter()
     image = decode_image(data, min_side=spec.resize_size, max_pixels=max_pixels)
-    width, height = resized_size(image.width, image.height, spec.resize_size)
-    if width * height > max_pixels:
-        raise ImageDecodeError(
-            f"expected an aspect ratio that resizes within {max_pixels} pixels, got {image.width}x{image.height} "
-            f"(resized to {width}x{height})"
-        )
     decoded = time.perf_counter()
     array = preprocess(image, spec)
     done = time.perf_counter()

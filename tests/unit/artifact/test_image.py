@@ -82,3 +82,11 @@ def test_pixel_cap_refuses_before_decoding():
     with pytest.raises(ImageDecodeError, match="at most 100000 pixels"):
         decode_image(data, max_pixels=100_000)
     assert decode_image(data, max_pixels=120_000).size == (400, 300)
+
+
+def test_a_strip_that_explodes_when_resized_is_refused_before_decoding():
+    strip = io.BytesIO()
+    Image.new("RGB", (20000, 1)).save(strip, format="PNG")
+    with pytest.raises(ImageDecodeError, match=r"resizes within 1000000 pixels, got 20000x1"):
+        decode_image(strip.getvalue(), min_side=256, max_pixels=1_000_000)
+    assert decode_image(strip.getvalue(), max_pixels=1_000_000).size == (20000, 1)  # no resize: fine
