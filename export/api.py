@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ import onnx
 import torch
 
 from artifact.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, WeightsInfo, sha256_file, write_manifest
+from artifact.outputs import check_output_dir, move_into_place
 from artifact.preprocessing import PreprocessingSpec, preprocess_batch
 from export import graph, parity
 from export.errors import ExportError, OutputExists
@@ -202,7 +202,8 @@ def _export(source: _Source, out: Path, *, headless: bool, fp16: bool, overwrite
             precision="fp16" if fp16 else "fp32",
         )
         write_manifest(tmp, manifest)
-        _move_into_place(tmp, out, overwrite)
+        _check_out(out, overwrite)  # again: something may have appeared while exporting
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -246,24 +247,7 @@ def _validation_images(config: dict | None, spec: PreprocessingSpec, limit: int)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not overwrite:
-        raise OutputExists(f"expected a new output directory, got {out} which exists; pass --overwrite to replace it")
-    if not out.is_dir() or not (not any(out.iterdir()) or (out / MANIFEST_FILE).is_file()):
-        # NOTE: --overwrite replaces artifacts only, never an arbitrary directory such as `--out .`.
-        raise OutputExists(f"expected {out} to be an artifact directory (with {MANIFEST_FILE}) to overwrite, got something else")
-
-
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    _check_out(out, overwrite)  # again: something may have appeared while exporting
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-    out.rename(old / out.name)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    check_output_dir(out, overwrite, marker=MANIFEST_FILE, what="artifact directory", error=OutputExists)
 
 
 def _producer_versions() -> dict[str, str]:

@@ -44,6 +44,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from artifact.errors import GraftError
+from artifact.outputs import check_output_dir, move_into_place
 from artifact.preprocessing import PreprocessingSpec
 from models.backbones import Backbone, get_backbone
 from models.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
@@ -122,12 +123,7 @@ def seed_everything(seed: int) -> None:
 
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse an existing `out` unless `overwrite`, and even then only a previous run dir or an empty dir."""
-    if not out.exists():
-        return
-    if not overwrite:
-        raise RunDirExists(f"expected a new run dir, got {out} which exists; pass --overwrite to replace it")
-    if not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file()):
-        raise RunDirExists(f"expected a graft run dir to overwrite, got {out} which is something else")
+    check_output_dir(out, overwrite, marker="config.json", what="graft run dir", error=RunDirExists)
 
 
 # ---- head on cached features -------------------------------------------------------------------
@@ -429,9 +425,7 @@ def _write_run_dir(out: Path, config: TrainConfig, model: Backbone, splits: Spli
         plot_curves(metrics["history"], tmp / "curves.png", title)
         plot_confusion(np.array(metrics["confusion_matrix"]), splits.labels, tmp / "confusion_matrix.png",
                        f"{title}: accuracy {metrics['accuracy']:.3f}")
-        if out.exists():  # --overwrite, checked by check_out
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        move_into_place(tmp, out)  # an existing `out` was vetted by check_out
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
