@@ -8,6 +8,9 @@ so mean and std come from the same spec.
 Embeddings of a frozen backbone are cached under `$GRAFT_CACHE_DIR/features` (default
 `~/.cache/graft/features`), one file per (backbone, weights, preprocessing, exact images) key:
 a second run over the same data reuses them and skips the expensive forward passes.
+
+Inference over many images on CPU (embedding, evaluation) runs the model's ONNX graph on ONNX
+Runtime (`models.onnx_graph`), about 3x faster than PyTorch eager there; on GPU it stays PyTorch.
 """
 
 from __future__ import annotations
@@ -18,18 +21,19 @@ import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, RandomHorizontalFlip, RandomResizedCrop
 from tqdm import tqdm
 
 from artifact.preprocessing import PreprocessingSpec, preprocess, to_array
+from models.backbones import Backbone
 from models.data import ImageSet
+from models.onnx_graph import BackboneOutputs, OnnxRuntimeModel, to_onnx
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +96,35 @@ def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
-@torch.inference_mode()
+ONNX_MIN_IMAGES = 512
+"""From this many images on, CPU inference goes through ONNX Runtime: its ~3x speed over PyTorch
+eager pays back the ~15 s export (Lite0, 2 cores) from about 500 images."""
+
+Backend = Literal["auto", "torch", "onnxruntime"]
+
+
+def _inference_fn(backbone: Backbone, outputs: tuple[str, ...], spec: PreprocessingSpec, *,
+                  device: torch.device, num_images: int, backend: Backend) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The fastest way to run `backbone` here: ONNX Runtime on CPU for enough images, else PyTorch."""
+    if backend == "auto":
+        backend = "onnxruntime" if device.type == "cpu" and num_images >= ONNX_MIN_IMAGES else "torch"
+    if backend == "onnxruntime":
+        try:
+            return OnnxRuntimeModel(to_onnx(backbone, spec.input_size, outputs))
+        except Exception as error:  # noqa: BLE001 - any exporter failure only costs speed
+            log.warning("ONNX export of %s failed (%s); running PyTorch eager instead", backbone.name, error)
+    module = BackboneOutputs(backbone, outputs).eval()
+
+    @torch.inference_mode()
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return module(to_device(batch, device)).float().cpu()
+
+    return run
+
+
 def extract(
-    fn: Callable[[torch.Tensor], torch.Tensor],
+    backbone: Backbone,
+    output: Literal["logits", "embedding"],
     images: ImageSet,
     spec: PreprocessingSpec,
     *,
@@ -102,13 +132,15 @@ def extract(
     batch_size: int,
     workers: int,
     desc: str,
+    backend: Backend = "auto",
 ) -> torch.Tensor:
-    """Apply `fn` (a module in eval mode) to every image's eval input, batched; float32 [N, ...] on CPU."""
-    outputs = []
+    """`backbone`'s `output` (eval mode) for every image's eval input, batched; float32 [N, D] on CPU.
+
+    `backend` "auto" picks ONNX Runtime on CPU from `ONNX_MIN_IMAGES` images on, PyTorch otherwise.
+    """
+    run = _inference_fn(backbone, (output,), spec, device=device, num_images=len(images), backend=backend)
     batches = loader(EvalInputs(images, spec), batch_size, workers)
-    for inputs, _ in tqdm(batches, desc=desc, unit="batch", leave=False):
-        outputs.append(fn(to_device(inputs, device)).float().cpu())
-    return torch.cat(outputs)
+    return torch.cat([run(inputs) for inputs, _ in tqdm(batches, desc=desc, unit="batch", leave=False)])
 
 
 def _cache_key(backbone: str, weights_source: str, spec: PreprocessingSpec, images: ImageSet) -> str:
@@ -123,7 +155,7 @@ def _cache_key(backbone: str, weights_source: str, spec: PreprocessingSpec, imag
 
 
 def cached_embeddings(
-    model: nn.Module,
+    model: Backbone,
     backbone: str,
     weights_source: str,
     images: ImageSet,
@@ -134,7 +166,7 @@ def cached_embeddings(
     workers: int,
     name: str,
 ) -> torch.Tensor:
-    """Embeddings of `images` by the frozen pretrained `model.embed`, from the disk cache when present.
+    """Embeddings of `images` by the frozen pretrained `model`, from the disk cache when present.
 
     Only valid for an unmodified pretrained (or --weights file) trunk: the key does not cover
     trained trunk weights, so callers must not use it after fine-tuning.
@@ -148,9 +180,8 @@ def cached_embeddings(
                 return embeddings
         except (RuntimeError, EOFError, OSError) as error:
             log.warning("ignoring unreadable feature cache %s: %s", path, error)
-    model.eval()
     embeddings = extract(
-        model.embed, images, spec, device=device, batch_size=batch_size, workers=workers,
+        model, "embedding", images, spec, device=device, batch_size=batch_size, workers=workers,
         desc=f"embedding {name} images",
     )
     path.parent.mkdir(parents=True, exist_ok=True)

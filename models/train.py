@@ -339,7 +339,7 @@ def run_training(config: TrainConfig) -> dict:
 
         def embed(images, name):
             if weights == "none":  # a seeded random trunk: nothing worth a cache entry
-                return extract(model.embed, images, spec, desc=f"embedding {name} images", **common)
+                return extract(model, "embedding", images, spec, desc=f"embedding {name} images", **common)
             return cached_embeddings(model, config.backbone, weights_source, images, spec, name=name, **common)
 
         train_x = embed(splits.train, "training")
@@ -377,7 +377,7 @@ def run_training(config: TrainConfig) -> dict:
         timings["train_s"] = time.perf_counter() - tick
         model.eval()
         tick = time.perf_counter()
-        val_logits = extract(lambda x: model(x)[0], splits.val, spec, desc="evaluating", **common)
+        val_logits = extract(model, "logits", splits.val, spec, desc="evaluating", **common)
         timings["eval_s"] = time.perf_counter() - tick
         history[-1]["val_loss"] = F.cross_entropy(val_logits, val_y).item()
         history[-1]["val_accuracy"] = (val_logits.argmax(1) == val_y).float().mean().item()
