@@ -66,8 +66,28 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     return int(shorter * width / height), shorter
 
 
+def normalize(pixels: np.ndarray, spec: PreprocessingSpec) -> np.ndarray:
+    """uint8 RGB pixels [..., H, W, 3] -> float32 model input [..., 3, H, W], scaled to [0, 1] and
+    normalised with the spec's mean and std (any leading axes, e.g. a batch, are kept)."""
+    if pixels.dtype != np.uint8 or pixels.ndim < 3 or pixels.shape[-1] != 3:
+        raise ValueError(f"expected uint8 pixels of shape [..., H, W, 3], got {pixels.dtype} {list(pixels.shape)}")
+    out = np.empty((*pixels.shape[:-3], 3, *pixels.shape[-3:-1]), dtype=np.float32)
+    # One channel at a time, in place: the same float32 operations as (x / 255 - mean) / std on the
+    # whole HWC array followed by a transposed copy (bit-identical), about 6x faster.
+    for channel, (mean, std) in enumerate(zip(spec.mean, spec.std)):
+        plane = out[..., channel, :, :]
+        np.divide(pixels[..., channel], np.float32(255.0), out=plane, dtype=np.float32)
+        plane -= np.float32(mean)
+        plane /= np.float32(std)
+    return out
+
+
 def to_array(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
     """Scale an RGB image of the input size to [0, 1], normalise it and return float32 CHW."""
+    return normalize(_checked_pixels(image, spec), spec)
+
+
+def _checked_pixels(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode}")
     if image.size != (spec.input_size[1], spec.input_size[0]):
@@ -75,18 +95,14 @@ def to_array(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
             f"expected an image of {spec.input_size[1]}x{spec.input_size[0]}, got "
             f"{image.size[0]}x{image.size[1]}"
         )
-    array = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-    array -= np.asarray(spec.mean, dtype=np.float32)
-    array /= np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return np.asarray(image)
 
 
-def preprocess(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
-    """Turn a decoded image into one model input: float32 [3, H, W].
+def crop(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
+    """The geometric half of `preprocess`: uint8 RGB pixels [H, W, 3] of the model's input size.
 
-    Args:
-        image: any PIL image; non-RGB modes are converted to RGB.
-        spec: the model's preprocessing spec (from its manifest or registry entry).
+    The service sends these (4x smaller than float32) from its decode threads to the inference
+    worker, which `normalize`s whole batches; `preprocess` is exactly `normalize(crop(...))`.
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
@@ -97,8 +113,17 @@ def preprocess(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
     # Same rounding as torchvision's center_crop, so arrays match timm/torchvision bit for bit.
     top = int(round((out_h - crop_h) / 2.0))
     left = int(round((out_w - crop_w) / 2.0))
-    image = image.crop((left, top, left + crop_w, top + crop_h))
-    return to_array(image, spec)
+    return _checked_pixels(image.crop((left, top, left + crop_w, top + crop_h)), spec)
+
+
+def preprocess(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
+    """Turn a decoded image into one model input: float32 [3, H, W].
+
+    Args:
+        image: any PIL image; non-RGB modes are converted to RGB.
+        spec: the model's preprocessing spec (from its manifest or registry entry).
+    """
+    return normalize(crop(image, spec), spec)
 
 
 def preprocess_batch(images: Sequence[Image.Image], spec: PreprocessingSpec) -> np.ndarray:

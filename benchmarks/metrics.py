@@ -1,7 +1,7 @@
 """Read the service's Prometheus `/metrics`: histograms, their change over a run, what they say.
 
 The service exports an executed batch-size histogram and per-stage time histograms (decode,
-preprocess, inference), labelled by model. The harness scrapes before and after each load cell and
+preprocess, normalize, inference), labelled by model. The harness scrapes before and after each load cell and
 diffs, so every figure covers exactly that cell's requests.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-STAGES = ("decode", "preprocess", "inference")
+STAGES = ("decode", "preprocess", "normalize", "inference")
 
 
 @dataclass

@@ -2,11 +2,11 @@
 
 Why two services: BentoML's adaptive batching merges calls of a batchable API, and such an API takes
 exactly one batch argument, so per-request options (`top_k`, `model`, `normalize`) cannot ride
-beside it. `Graft` therefore owns everything per request — parsing, validation, decode and
-preprocessing in a thread pool, top-k, normalisation, errors — and sends each image to
-`GraftInference.infer` as an `Item` (model name + preprocessed array). BentoML batches items from
-concurrent requests into one call; `infer` groups them by model and runs one padded ONNX Runtime
-batch per model. Served with `bentoml serve`, the two run in separate processes, so decoding and
+beside it. `Graft` therefore owns everything per request — parsing, validation, decode, resize and
+crop in a thread pool, top-k, embedding normalisation, errors — and sends each image to
+`GraftInference.infer` as an `Item` (model name + uint8 pixels). BentoML batches items from
+concurrent requests into one call; `infer` groups them by model, normalises each group as one array
+and runs one ONNX Runtime batch per model. Served with `bentoml serve`, the two run in separate processes, so decoding and
 inference use different cores and GILs.
 
 Run: `graft serve --model DIR_OR_TAG` or `GRAFT_MODELS=... bentoml serve service.app:Graft`.
@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from artifact.preprocessing import normalize
 from service.config import ServeConfig
 from service.decode import prepare
 from service.errors import BadRequest, Overloaded, UnknownModel, error_body, status_of
@@ -125,6 +126,7 @@ class GraftInference:
                 runner = Runner(
                     model, buckets=CONFIG.batch_buckets(), providers=CONFIG.providers,
                     intra_op_threads=CONFIG.intra_op_threads, trt_cache_dir=CONFIG.trt_cache_dir,
+                    intra_op_spinning=CONFIG.intra_op_spinning,
                 )
                 runner.warmup()
                 self.runners[name] = runner
@@ -151,8 +153,11 @@ class GraftInference:
         for name, positions in groups.items():
             runner = self.runners[name]
             started = time.perf_counter()
-            outputs = runner.infer(np.stack([items[p].pixels for p in positions]))
-            recorder.observe_stage("inference", name, time.perf_counter() - started)
+            batch = normalize(np.stack([items[p].pixels for p in positions]), runner.manifest.preprocessing)
+            normalized = time.perf_counter()
+            outputs = runner.infer(batch)
+            recorder.observe_stage("normalize", name, normalized - started)
+            recorder.observe_stage("inference", name, time.perf_counter() - normalized)
             recorder.observe_batch(name, len(positions))
             for position, result in zip(positions, runner.postprocess(outputs)):
                 results[position] = ItemResult(**result)

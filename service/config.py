@@ -55,6 +55,8 @@ class ServeConfig:
         max_request_bytes: largest request body; larger ones get 413 before they are read.
         decode_threads: threads decoding and preprocessing images in the API process.
         intra_op_threads: ONNX Runtime intra-op threads per session; 0 lets ORT pick (one per core).
+        intra_op_spinning: let idle intra-op threads busy-wait (`GRAFT_INTRA_OP_SPINNING=1`); off by
+            default because the API worker decodes on the same cores.
         providers: ONNX Runtime providers to try, in order; unavailable ones are skipped.
         trt_cache_dir: where TensorRT keeps built engines between restarts.
         max_concurrency: most requests in flight in the API service; more get 429 at once.
@@ -69,6 +71,7 @@ class ServeConfig:
     max_request_bytes: int = field(default_factory=lambda: _env_int("MAX_REQUEST_BYTES", 64 << 20))
     decode_threads: int = field(default_factory=lambda: _env_int("DECODE_THREADS", min(8, (os.cpu_count() or 1) * 2)))
     intra_op_threads: int = field(default_factory=lambda: _env_int("INTRA_OP_THREADS", 0, minimum=0))
+    intra_op_spinning: bool = field(default_factory=lambda: _env_int("INTRA_OP_SPINNING", 0, minimum=0) > 0)
     providers: tuple[str, ...] = field(
         default_factory=lambda: _env_list(
             "PROVIDERS", "TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider"

@@ -30,7 +30,7 @@ def metrics() -> Metrics:
     return Metrics(
         stage_seconds=Histogram(
             "graft_stage_duration_seconds",
-            "Time per image (decode, preprocess) or per executed batch (inference)",
+            "Time per image (decode, preprocess: resize and crop) or per executed batch (normalize, inference)",
             labelnames=("stage", "model"),
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         ),

@@ -18,14 +18,15 @@ def _positive_int(value: Any) -> Any:
 
 TopK = Annotated[int, BeforeValidator(_positive_int), Field(description="labels per image, best first")]
 Tensor = Annotated[np.ndarray, TensorSchema("numpy-array", "float32")]
+Pixels = Annotated[np.ndarray, TensorSchema("numpy-array", "uint8")]
 ModelName = Annotated[str, BeforeValidator(str), Field(description="model to use; empty for the default")]
 
 
 class Item(BaseModel):
-    """One preprocessed image on its way to the batched inference API, tagged with its model."""
+    """One resized and cropped image on its way to the batched inference API, tagged with its model."""
 
     model: str
-    pixels: Tensor  # [3, H, W], the model's preprocessed input
+    pixels: Pixels  # uint8 RGB [H, W, 3] of the model's input size; normalised batch-wise there
 
 
 class ItemResult(BaseModel):

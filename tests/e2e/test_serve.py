@@ -207,7 +207,7 @@ def test_sixteen_concurrent_clients_are_batched_and_each_gets_its_answer(server,
 
 def test_stage_metrics_are_labelled_by_model(server):
     text = httpx.get(server.url + "/metrics").text
-    for stage in ("decode", "preprocess", "inference"):
+    for stage in ("decode", "preprocess", "normalize", "inference"):
         assert f'graft_stage_duration_seconds_count{{model="tf_efficientnet_lite0",stage="{stage}"}}' in text
 
 

@@ -8,7 +8,7 @@ import timm
 import torchvision
 from timm.data import create_transform, resolve_data_config
 
-from artifact.preprocessing import PreprocessingSpec, preprocess, preprocess_batch
+from artifact.preprocessing import PreprocessingSpec, crop, normalize, preprocess, preprocess_batch
 from models.backbones import get_backbone
 
 PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket")  # landscape and square, several sizes
@@ -47,6 +47,27 @@ def test_batch_stacks_and_handles_empty(photos):
     assert batch.shape == (2, 3, 224, 224)
     np.testing.assert_array_equal(batch[1], preprocess(photos["coffee"], spec))
     assert preprocess_batch([], spec).shape == (0, 3, 224, 224)
+
+
+def test_crop_then_batch_normalize_is_preprocess(photos):
+    """The service's split (uint8 crop in the API process, normalize per batch in the inference
+    worker) gives exactly `preprocess`'s arrays."""
+    spec = get_backbone("resnet18").preprocessing  # ImageNet mean/std: not the trivial 0.5s
+    pixels = np.stack([crop(photos[name], spec) for name in PHOTO_NAMES])
+    assert pixels.dtype == np.uint8 and pixels.shape == (len(PHOTO_NAMES), 224, 224, 3)
+    batch = normalize(pixels, spec)
+    assert batch.dtype == np.float32 and batch.shape == (len(PHOTO_NAMES), 3, 224, 224)
+    np.testing.assert_array_equal(batch, preprocess_batch([photos[name] for name in PHOTO_NAMES], spec))
+    # ... and the same values as the textbook formula on the HWC array, to the bit.
+    direct = (pixels[0].astype(np.float32) / np.float32(255) - np.float32(spec.mean)) / np.float32(spec.std)
+    np.testing.assert_array_equal(batch[0], direct.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("pixels", [np.zeros((224, 224, 3), np.float32), np.zeros((224, 224), np.uint8),
+                                    np.zeros((3, 224, 224), np.uint8)])
+def test_normalize_rejects_what_is_not_uint8_rgb(pixels):
+    with pytest.raises(ValueError, match=r"expected uint8 pixels of shape \[..., H, W, 3\]"):
+        normalize(pixels, get_backbone("resnet18").preprocessing)
 
 
 def test_spec_rejects_inconsistent_sizes():
