@@ -99,6 +99,34 @@ def _strict_multipart():
 _strict_multipart()
 
 
+def _greedy_batching():
+    """Make BentoML's adaptive batcher dispatch as soon as the worker is free (greedy batching).
+
+    NOTE: BentoML 1.4's dispatcher holds a request back to wait for batch partners for as long as
+    recent batches waited on average, and under load that average includes time queued behind the
+    running batch. After a burst, a lone request therefore waits for partners that never come:
+    measured on 2 cores, p50 at one client went from 28 ms to 245 ms after a 64-client burst, and
+    the learned wait decays only 5% per 50 batches. With the wait pinned at 0, a batch starts as soon
+    as the previous one ends and takes everything that queued meanwhile, which is what a busy CPU or
+    GPU wants anyway; cancelling requests that cannot meet `max_latency_ms` is unchanged.
+    """
+    from bentoml._internal.marshal.dispatcher import Optimizer
+
+    learn = Optimizer.trigger_refresh
+    if getattr(learn, "greedy", False):
+        return
+
+    def trigger_refresh(self) -> None:
+        learn(self)  # keeps the per-item cost estimate used for max-latency shedding
+        self.wait = 0
+
+    trigger_refresh.greedy = True
+    Optimizer.trigger_refresh = trigger_refresh
+
+
+_greedy_batching()
+
+
 # NOTE: `runner_connection` is how often the API service's client for this service replaces its
 # connection pool. BentoML 1.4.39 closes the old pool under calls still in flight (every 100 calls by
 # default: bentoml/BentoML#5540), so we make replacement rare instead of routine.

@@ -134,3 +134,16 @@ def test_a_truncated_jpeg_says_so(client, chelsea_jpeg):
 
 def test_one_bad_image_names_its_position(client, chelsea_jpeg):
     assert_error(client.post("/embed", files=files(chelsea_jpeg, b"junk")), 400, "images[1]")
+
+
+def test_batcher_never_learns_to_hold_requests_back(client):
+    """After a burst whose batches queued for a second, BentoML's dispatcher would make a lone
+    request wait about that long for partners; graft pins that learned wait at 0 (greedy batching)."""
+    from bentoml._internal.marshal.dispatcher import Optimizer
+
+    optimizer = Optimizer(max_latency=10.0)
+    for batch in range(40):
+        optimizer.log_outbound(n=32, wait=1.0 + batch / 100, duration=0.4)
+    optimizer.trigger_refresh()
+    assert optimizer.wait == 0
+    assert optimizer.o_a > 0  # the cost model behind max-latency shedding is still learned
