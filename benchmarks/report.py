@@ -14,7 +14,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-PACKAGES = ("torch", "torchvision", "timm", "onnxruntime-gpu", "bentoml", "numpy", "pillow", "fastapi", "uvicorn", "httpx")
+PACKAGES = ("torch", "torchvision", "timm", "onnxruntime-gpu", "bentoml", "numpy", "pillow", "fastapi", "uvicorn", "httpx", "aiohttp")
 
 
 def results_dir(out: Path | None) -> Path:
