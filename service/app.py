@@ -200,6 +200,21 @@ class GraftInference:
         ]
 
 
+def _fix_media_types(service) -> None:
+    """Compute each API's response media type once instead of on every response.
+
+    NOTE: for a list-typed output (`infer` returns list[ItemResult]) BentoML 1.4 derives the media
+    type from a freshly generated JSON schema on every response: 1.7 ms per call here, on the
+    critical path of every batch (end to end it is within the noise of `graft bench service`).
+    Storing the value it computes makes that a lookup.
+    """
+    for api in service.apis.values():
+        api.output_spec.media_type = api.output_spec.mime_type()
+
+
+_fix_media_types(GraftInference)
+
+
 @bentoml.service(name="graft", traffic={"timeout": 120})
 class Graft:
     """The public API: /classify, /embed, GET /models; BentoML adds /livez, /readyz, /metrics, the

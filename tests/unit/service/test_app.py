@@ -147,3 +147,10 @@ def test_batcher_never_learns_to_hold_requests_back(client):
     optimizer.trigger_refresh()
     assert optimizer.wait == 0
     assert optimizer.o_a > 0  # the cost model behind max-latency shedding is still learned
+
+
+def test_inference_responses_skip_per_call_schema_generation(client):
+    from service.app import GraftInference
+
+    spec = GraftInference.apis["infer"].output_spec
+    assert spec.media_type == "application/json"  # stored once: BentoML returns it without a schema
