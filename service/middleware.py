@@ -1,4 +1,5 @@
-"""ASGI middleware for the public API routes: body limit (413), in-flight limit (429), error shape.
+"""ASGI middleware for the public API routes: method (405), body limit (413), in-flight limit (429),
+error shape.
 
 BentoML 1.4 has no request-size limit, answers its own parsing errors in two other shapes (a list
 `[{"error": ...}]`, or pydantic's `{"error": "N validation errors", "detail": [...]}`), and turns a
@@ -44,7 +45,7 @@ def normalise(status: int, payload: object) -> dict:
 
 
 class RequestGuard:
-    """Guards `paths`: refuses bodies over `max_request_bytes` with 413 (by Content-Length before
+    """Guards `paths`: refuses methods other than POST with 405, bodies over `max_request_bytes` with 413 (by Content-Length before
     reading, or while streaming), more than `max_concurrency` requests in flight with an immediate
     429, and rewrites every error response into the service's one error shape."""
 
@@ -58,6 +59,12 @@ class RequestGuard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
+            return
+        if scope["method"] not in ("POST", "OPTIONS"):  # OPTIONS: CORS preflight, when configured
+            # BentoML would answer a plain-text 405 that no JSON client can parse.
+            await self._reply(scope, receive, send, 405,
+                              f"expected POST with a multipart form to {scope['path']}, got {scope['method']}",
+                              headers={"Allow": "POST"})
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_request_bytes):

@@ -262,6 +262,9 @@ def test_bad_inputs_get_4xx_json_and_the_server_keeps_serving(server, photo_jpeg
             assert response.status_code == status, (path, kwargs.get("data"), response.text)
             body = response.json()
             assert set(body) == {"error", "expected", "got"} and body["error"], body
+        wrong_method = httpx.get(server.url + "/classify", timeout=60)
+        assert wrong_method.status_code == 405
+        assert wrong_method.json()["expected"] == "POST with a multipart form to /classify"
     finally:
         recorder.shutdown()
     assert _Recorder.hits == [], "the server fetched a URL it was sent"

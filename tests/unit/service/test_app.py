@@ -119,6 +119,13 @@ def test_bad_requests_get_a_4xx_json_error(client, chelsea_jpeg, request_kwargs,
     assert client.post("/classify", files=files(chelsea_jpeg)).status_code == 200
 
 
+@pytest.mark.parametrize("method, path", [("GET", "/classify"), ("PUT", "/embed"), ("DELETE", "/classify")])
+def test_other_methods_get_a_json_405(client, method, path):
+    response = client.request(method, path)
+    body = assert_error(response, 405, f"expected POST with a multipart form to {path}, got {method}")
+    assert response.headers["allow"] == "POST" and body["got"] == method
+
+
 @pytest.mark.parametrize("mode, fmt", [("CMYK", "JPEG"), ("L", "JPEG"), ("I;16", "PNG"), ("RGBA", "PNG"), ("P", "GIF"), ("RGB", "WEBP")])
 def test_any_image_mode_is_served(client, photos, mode, fmt):
     buffer = io.BytesIO()
