@@ -205,7 +205,8 @@ def test_sixteen_concurrent_clients_are_batched_and_each_gets_its_answer(server,
     assert images / batches > 4, f"mean executed batch {images / batches:.2f} over {batches:.0f} batches"
 
 
-def test_stage_metrics_are_labelled_by_model(server):
+def test_stage_metrics_are_labelled_by_model(server, photo_jpegs):
+    assert httpx.post(server.url + "/classify", files=upload(photo_jpegs["chelsea"]), timeout=60).status_code == 200
     text = httpx.get(server.url + "/metrics").text
     for stage in ("decode", "preprocess", "normalize", "inference"):
         assert f'graft_stage_duration_seconds_count{{model="tf_efficientnet_lite0",stage="{stage}"}}' in text
