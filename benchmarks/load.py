@@ -105,7 +105,8 @@ class Workload:
         count = len(blobs)
         bodies = []
         for start in range(0, count * self.images_per_request, self.images_per_request):
-            files = [(self.field_name, (*blobs[(start + k) % count], "image/jpeg")) for k in range(self.images_per_request)]
+            files = [(self.field_name, (*blobs[(start + k) % count], "image/jpeg"))
+                     for k in range(self.images_per_request)]
             request = httpx.Request("POST", self.url, files=files, data=self.form)
             bodies.append((request.read(), {"content-type": request.headers["content-type"]}))
         return bodies

@@ -103,8 +103,10 @@ eager pays back the ~15 s export (Lite0, 2 cores) from about 500 images."""
 Backend = Literal["auto", "torch", "onnxruntime"]
 
 
-def _inference_fn(backbone: Backbone, outputs: tuple[str, ...], spec: PreprocessingSpec, *,
-                  device: torch.device, num_images: int, backend: Backend) -> Callable[[torch.Tensor], torch.Tensor]:
+def _inference_fn(
+    backbone: Backbone, outputs: tuple[str, ...], spec: PreprocessingSpec, *,
+    device: torch.device, num_images: int, backend: Backend,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The fastest way to run `backbone` here: ONNX Runtime on CPU for enough images, else PyTorch."""
     if backend == "auto":
         backend = "onnxruntime" if device.type == "cpu" and num_images >= ONNX_MIN_IMAGES else "torch"
@@ -140,7 +142,8 @@ def extract(
     """
     run = _inference_fn(backbone, (output,), spec, device=device, num_images=len(images), backend=backend)
     batches = loader(EvalInputs(images, spec), batch_size, workers)
-    return torch.cat([run(inputs) for inputs, _ in tqdm(batches, desc=desc, unit="batch", leave=False)])
+    progress = tqdm(batches, desc=desc, unit="batch", leave=False)
+    return torch.cat([run(inputs) for inputs, _ in progress])
 
 
 def _cache_key(backbone: str, weights_source: str, spec: PreprocessingSpec, images: ImageSet) -> str:

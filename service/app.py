@@ -6,8 +6,8 @@ beside it. `Graft` therefore owns everything per request — parsing, validation
 crop in a thread pool, top-k, embedding normalisation, errors — and sends each image to
 `GraftInference.infer` as an `Item` (model name + uint8 pixels). BentoML batches items from
 concurrent requests into one call; `infer` groups them by model, normalises each group as one array
-and runs one ONNX Runtime batch per model. Served with `bentoml serve`, the two run in separate processes, so decoding and
-inference use different cores and GILs.
+and runs one ONNX Runtime batch per model. Served with `bentoml serve`, the two run in separate
+processes, so decoding and inference use different cores and GILs.
 
 Run: `graft serve --model DIR_OR_TAG` or `GRAFT_MODELS=... bentoml serve service.app:Graft`.
 """

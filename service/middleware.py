@@ -45,9 +45,10 @@ def normalise(status: int, payload: object) -> dict:
 
 
 class RequestGuard:
-    """Guards `paths`: refuses methods other than POST with 405, bodies over `max_request_bytes` with 413 (by Content-Length before
-    reading, or while streaming), more than `max_concurrency` requests in flight with an immediate
-    429, and rewrites every error response into the service's one error shape."""
+    """Guards `paths`: refuses methods other than POST with 405, bodies over `max_request_bytes`
+    with 413 (by Content-Length before reading, or while streaming), more than `max_concurrency`
+    requests in flight with an immediate 429, and rewrites every error response into the service's
+    one error shape."""
 
     def __init__(self, app, *, paths: frozenset[str], max_request_bytes: int, max_concurrency: int) -> None:
         self.app = app
