@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from dataclasses import asdict
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -103,47 +104,42 @@ eager pays back the ~15 s export (Lite0, 2 cores) from about 500 images."""
 Backend = Literal["auto", "torch", "onnxruntime"]
 
 
-def _inference_fn(
-    backbone: Backbone, outputs: tuple[str, ...], spec: PreprocessingSpec, *,
-    device: torch.device, num_images: int, backend: Backend,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The fastest way to run `backbone` here: ONNX Runtime on CPU for enough images, else PyTorch."""
-    if backend == "auto":
-        backend = "onnxruntime" if device.type == "cpu" and num_images >= ONNX_MIN_IMAGES else "torch"
-    if backend == "onnxruntime":
-        try:
-            return OnnxRuntimeModel(to_onnx(backbone, spec.input_size, outputs))
-        except Exception as error:  # noqa: BLE001 - any exporter failure only costs speed
-            log.warning("ONNX export of %s failed (%s); running PyTorch eager instead", backbone.name, error)
-    module = BackboneOutputs(backbone, outputs).eval()
+class Inference:
+    """`backbone`'s `output` (eval mode) for image sets, by the fastest route here.
 
-    @torch.inference_mode()
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        return module(to_device(batch, device)).float().cpu()
-
-    return run
-
-
-def extract(
-    backbone: Backbone,
-    output: Literal["logits", "embedding"],
-    images: ImageSet,
-    spec: PreprocessingSpec,
-    *,
-    device: torch.device,
-    batch_size: int,
-    workers: int,
-    desc: str,
-    backend: Backend = "auto",
-) -> torch.Tensor:
-    """`backbone`'s `output` (eval mode) for every image's eval input, batched; float32 [N, D] on CPU.
-
-    `backend` "auto" picks ONNX Runtime on CPU from `ONNX_MIN_IMAGES` images on, PyTorch otherwise.
+    ONNX Runtime on CPU when the expected `num_images` reach `ONNX_MIN_IMAGES`, PyTorch otherwise
+    (or when the export fails: that only costs speed). The route is built on first use and kept, so
+    the training and evaluation embeddings of one frozen trunk share one export. Do not reuse an
+    instance after the backbone's weights change: the exported graph would not follow them.
     """
-    run = _inference_fn(backbone, (output,), spec, device=device, num_images=len(images), backend=backend)
-    batches = loader(EvalInputs(images, spec), batch_size, workers)
-    progress = tqdm(batches, desc=desc, unit="batch", leave=False)
-    return torch.cat([run(inputs) for inputs, _ in progress])
+
+    def __init__(self, backbone: Backbone, output: Literal["logits", "embedding"], spec: PreprocessingSpec, *,
+                 device: torch.device, num_images: int, backend: Backend = "auto"):
+        self.backbone, self.output, self.spec, self.device = backbone, output, spec, device
+        if backend == "auto":
+            backend = "onnxruntime" if device.type == "cpu" and num_images >= ONNX_MIN_IMAGES else "torch"
+        self.backend = backend
+
+    @cached_property
+    def _run(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.backend == "onnxruntime":
+            try:
+                return OnnxRuntimeModel(to_onnx(self.backbone, self.spec.input_size, (self.output,)))
+            except Exception as error:  # noqa: BLE001 - any exporter failure only costs speed
+                log.warning("ONNX export of %s failed (%s); running PyTorch eager instead", self.backbone.name, error)
+        module = BackboneOutputs(self.backbone, (self.output,)).eval()
+
+        @torch.inference_mode()
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            return module(to_device(batch, self.device)).float().cpu()
+
+        return run
+
+    def __call__(self, images: ImageSet, *, batch_size: int, workers: int, desc: str) -> torch.Tensor:
+        """The output for every image's eval input, batched: float32 [N, D] on CPU."""
+        batches = loader(EvalInputs(images, self.spec), batch_size, workers)
+        progress = tqdm(batches, desc=desc, unit="batch", leave=False)
+        return torch.cat([self._run(inputs) for inputs, _ in progress])
 
 
 def _cache_key(backbone: str, weights_source: str, spec: PreprocessingSpec, images: ImageSet) -> str:
@@ -158,23 +154,21 @@ def _cache_key(backbone: str, weights_source: str, spec: PreprocessingSpec, imag
 
 
 def cached_embeddings(
-    model: Backbone,
+    embed: Inference,
     backbone: str,
     weights_source: str,
     images: ImageSet,
-    spec: PreprocessingSpec,
     *,
-    device: torch.device,
     batch_size: int,
     workers: int,
     name: str,
 ) -> torch.Tensor:
-    """Embeddings of `images` by the frozen pretrained `model`, from the disk cache when present.
+    """Embeddings of `images` by `embed` (a frozen pretrained trunk), from the disk cache when present.
 
     Only valid for an unmodified pretrained (or --weights file) trunk: the key does not cover
     trained trunk weights, so callers must not use it after fine-tuning.
     """
-    path = cache_dir() / f"{backbone}-{_cache_key(backbone, weights_source, spec, images)}.pt"
+    path = cache_dir() / f"{backbone}-{_cache_key(backbone, weights_source, embed.spec, images)}.pt"
     if path.is_file():
         try:
             embeddings = torch.load(path, map_location="cpu", weights_only=True)
@@ -183,10 +177,7 @@ def cached_embeddings(
                 return embeddings
         except (RuntimeError, EOFError, OSError) as error:
             log.warning("ignoring unreadable feature cache %s: %s", path, error)
-    embeddings = extract(
-        model, "embedding", images, spec, device=device, batch_size=batch_size, workers=workers,
-        desc=f"embedding {name} images",
-    )
+    embeddings = embed(images, batch_size=batch_size, workers=workers, desc=f"embedding {name} images")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(embeddings, tmp)

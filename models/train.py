@@ -50,7 +50,7 @@ from models.backbones import Backbone, get_backbone
 from models.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
 from models.data import Splits, load_splits
 from models.evaluate import classification_report
-from models.features import EvalInputs, TrainInputs, cached_embeddings, extract, loader, to_device
+from models.features import EvalInputs, Inference, TrainInputs, cached_embeddings, loader, to_device
 from models.plots import plot_confusion, plot_curves
 
 log = logging.getLogger(__name__)
@@ -329,21 +329,23 @@ def run_training(config: TrainConfig) -> dict:
     log.info("%s: %s, weights %s, on %s", config.strategy, config.backbone, weights_source, device)
     train_y = torch.from_numpy(splits.train.targets)
     val_y = torch.from_numpy(splits.val.targets)
-    common = dict(device=device, batch_size=config.batch_size, workers=config.workers)
+    batching = dict(batch_size=config.batch_size, workers=config.workers)
 
     history: list[dict] = []
     val_logits: torch.Tensor | None = None
     if config.strategy in ("feature-extract", "fine-tune"):
         tick = time.perf_counter()
         model.eval()
+        evaluated = len(splits.val) if config.strategy == "feature-extract" else 0
+        embedder = Inference(model, "embedding", spec, device=device, num_images=len(splits.train) + evaluated)
 
         def embed(images, name):
             if weights == "none":  # a seeded random trunk: nothing worth a cache entry
-                return extract(model, "embedding", images, spec, desc=f"embedding {name} images", **common)
-            return cached_embeddings(model, config.backbone, weights_source, images, spec, name=name, **common)
+                return embedder(images, desc=f"embedding {name} images", **batching)
+            return cached_embeddings(embedder, config.backbone, weights_source, images, name=name, **batching)
 
         train_x = embed(splits.train, "training")
-        val_x = embed(splits.val, "evaluation") if config.strategy == "feature-extract" else None
+        val_x = embed(splits.val, "evaluation") if evaluated else None
         timings["embed_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
         head_epochs = config.resolved_epochs if config.strategy == "feature-extract" else config.warmup_epochs
@@ -373,11 +375,12 @@ def run_training(config: TrainConfig) -> dict:
             first_epoch=len(history) + 1, phase=config.strategy,
         )
         if config.strategy == "scratch":
-            recompute_batchnorm_stats(model, splits.train, spec, **common)
+            recompute_batchnorm_stats(model, splits.train, spec, device=device, **batching)
         timings["train_s"] = time.perf_counter() - tick
         model.eval()
         tick = time.perf_counter()
-        val_logits = extract(model, "logits", splits.val, spec, desc="evaluating", **common)
+        evaluate = Inference(model, "logits", spec, device=device, num_images=len(splits.val))
+        val_logits = evaluate(splits.val, desc="evaluating", **batching)
         timings["eval_s"] = time.perf_counter() - tick
         history[-1]["val_loss"] = F.cross_entropy(val_logits, val_y).item()
         history[-1]["val_accuracy"] = (val_logits.argmax(1) == val_y).float().mean().item()

@@ -1,4 +1,5 @@
-"""Batched inference for embedding and evaluation: ONNX Runtime and PyTorch give the same outputs."""
+"""Batched inference for embedding and evaluation: ONNX Runtime and PyTorch give the same outputs,
+and one export serves every image set."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def lite0_and_images():
 
 
 def run(model, images, spec, backend, output="logits"):
-    return features.extract(model, output, images, spec, device=CPU, batch_size=4, workers=0, desc="test",
-                            backend=backend)
+    inference = features.Inference(model, output, spec, device=CPU, num_images=len(images), backend=backend)
+    return inference(images, batch_size=4, workers=0, desc="test")
 
 
 @pytest.mark.slow
@@ -59,3 +60,14 @@ def test_a_failed_export_falls_back_to_pytorch(lite0_and_images, monkeypatch, ca
     embeddings = run(*lite0_and_images, "onnxruntime", output="embedding")
     assert embeddings.shape == (6, 1280) and torch.isfinite(embeddings).all()
     assert "ONNX export of tf_efficientnet_lite0 failed (unsupported operator)" in caplog.text
+
+
+def test_one_export_serves_several_image_sets(lite0_and_images, monkeypatch):
+    exports = []
+    monkeypatch.setattr(features, "to_onnx", lambda *args: exports.append(args) or 1 / 0)
+    model, images, spec = lite0_and_images
+    embed = features.Inference(model, "embedding", spec, device=CPU, num_images=10_000)
+    assert embed.backend == "onnxruntime"
+    for _ in range(2):
+        embed(images, batch_size=4, workers=0, desc="test")
+    assert len(exports) == 1
