@@ -333,7 +333,19 @@ async def _list_models(request) -> JSONResponse:
     return JSONResponse(await bentoml.get_current_service().describe())
 
 
-Graft.mount_asgi_app(Starlette(routes=[Route("/models", _list_models, methods=["GET"])]), path="/")
+async def _method_not_allowed(request, error: HTTPException) -> JSONResponse:
+    """Starlette's 405 is plain text; answer in the service's JSON error shape instead."""
+    return JSONResponse(
+        error_body(f"expected GET on {request.url.path}, got {request.method}"),
+        status_code=405, headers=error.headers,
+    )
+
+
+Graft.mount_asgi_app(
+    Starlette(routes=[Route("/models", _list_models, methods=["GET"])],
+              exception_handlers={405: _method_not_allowed}),
+    path="/",
+)
 Graft.add_asgi_middleware(
     RequestGuard, paths=API_ROUTES, max_request_bytes=CONFIG.max_request_bytes,
     max_concurrency=CONFIG.max_concurrency,

@@ -126,6 +126,13 @@ def test_other_methods_get_a_json_405(client, method, path):
     assert response.headers["allow"] == "POST" and body["got"] == method
 
 
+def test_models_is_get_only_with_a_json_405(client):
+    assert client.get("/models").status_code == 200
+    response = client.post("/models")
+    assert_error(response, 405, "expected GET on /models, got POST")
+    assert "GET" in response.headers["allow"]
+
+
 @pytest.mark.parametrize("mode, fmt", [("CMYK", "JPEG"), ("L", "JPEG"), ("I;16", "PNG"), ("RGBA", "PNG"), ("P", "GIF"), ("RGB", "WEBP")])
 def test_any_image_mode_is_served(client, photos, mode, fmt):
     buffer = io.BytesIO()
