@@ -73,7 +73,8 @@ def normalize(pixels: np.ndarray, spec: PreprocessingSpec) -> np.ndarray:
         raise ValueError(f"expected uint8 pixels of shape [..., H, W, 3], got {pixels.dtype} {list(pixels.shape)}")
     out = np.empty((*pixels.shape[:-3], 3, *pixels.shape[-3:-1]), dtype=np.float32)
     # One channel at a time, in place: the same float32 operations as (x / 255 - mean) / std on the
-    # whole HWC array followed by a transposed copy (bit-identical), about 6x faster.
+    # whole HWC array followed by a transposed copy (bit-identical), about 5x faster (0.3 vs 1.6 ms
+    # for a 224x224 image here).
     for channel, (mean, std) in enumerate(zip(spec.mean, spec.std)):
         plane = out[..., channel, :, :]
         np.divide(pixels[..., channel], np.float32(255.0), out=plane, dtype=np.float32)
