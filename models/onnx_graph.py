@@ -2,7 +2,7 @@
 
 `graft export` writes this graph to disk (export/graph.py), and training runs it in memory to embed
 and evaluate on CPU, where ONNX Runtime runs these backbones about 3x faster than PyTorch eager
-(Lite0 on 2 cores: ~80 vs ~26 images/s). One exporter for both means CPU evaluation measures the
+(Lite0 on 2 cores, batches of 64: 82 vs 26 images/s). One exporter for both means CPU evaluation measures the
 very graph `graft export` ships.
 
 Uses the `torch.export`-based ONNX exporter (`dynamo=True`), PyTorch's maintained path: for
