@@ -37,7 +37,7 @@ from service.config import ServeConfig
 from service.decode import prepare
 from service.errors import BadRequest, Overloaded, UnknownModel, error_body, status_of
 from service.metrics import metrics
-from service.middleware import RequestGuard
+from service.middleware import JsonNotFound, RequestGuard
 from service.models import ServedModel, load_models, pick_default
 from service.runtime import Runner
 from service.schemas import ClassifyResponse, EmbedResponse, Item, ItemResult, ModelName, Prediction, TopK
@@ -345,6 +345,10 @@ Graft.mount_asgi_app(
     Starlette(routes=[Route("/models", _list_models, methods=["GET"])],
               exception_handlers={405: _method_not_allowed}),
     path="/",
+)
+Graft.add_asgi_middleware(
+    JsonNotFound,
+    routes="POST /classify, POST /embed, GET /models, /livez, /readyz, /metrics, /docs.json",
 )
 Graft.add_asgi_middleware(
     RequestGuard, paths=API_ROUTES, max_request_bytes=CONFIG.max_request_bytes,

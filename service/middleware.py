@@ -1,5 +1,5 @@
-"""ASGI middleware for the public API routes: method (405), body limit (413), in-flight limit (429),
-error shape.
+"""ASGI middleware: for the public API routes, method (405), body limit (413), in-flight limit (429)
+and error shape; for the whole app, a JSON 404 for unknown paths.
 
 BentoML 1.4 has no request-size limit, answers its own parsing errors in two other shapes (a list
 `[{"error": ...}]`, or pydantic's `{"error": "N validation errors", "detail": [...]}`), and turns a
@@ -131,3 +131,35 @@ class RequestGuard:
     @staticmethod
     async def _reply(scope, receive, send, status: int, message: str, headers: dict | None = None) -> None:
         await JSONResponse(error_body(message), status_code=status, headers=headers)(scope, receive, send)
+
+
+class JsonNotFound:
+    """Answers a request for a route that does not exist with a JSON 404 naming the routes.
+
+    NOTE: BentoML's router answers unknown paths itself, in plain text, before any app mounted on
+    the service sees them, so this sits around the whole application instead.
+    """
+
+    def __init__(self, app, *, routes: str) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def rewriting_send(message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", ()))
+                replaced = message["status"] == 404 and headers.get(b"content-type", b"").startswith(b"text/plain")
+                if replaced:
+                    body = error_body(f"expected one of {self.routes}, got {scope['method']} {scope['path']}")
+                    await JSONResponse(body, status_code=404)(scope, receive, send)
+                    return
+            if not replaced:
+                await send(message)
+
+        await self.app(scope, receive, rewriting_send)

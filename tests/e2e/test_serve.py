@@ -266,6 +266,8 @@ def test_bad_inputs_get_4xx_json_and_the_server_keeps_serving(server, photo_jpeg
         wrong_method = httpx.get(server.url + "/classify", timeout=60)
         assert wrong_method.status_code == 405
         assert wrong_method.json()["expected"] == "POST with a multipart form to /classify"
+        typo = httpx.post(server.url + "/clasify", files=upload(jpeg), timeout=60)
+        assert typo.status_code == 404 and typo.json()["got"] == "POST /clasify"
     finally:
         recorder.shutdown()
     assert _Recorder.hits == [], "the server fetched a URL it was sent"

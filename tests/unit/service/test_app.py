@@ -126,6 +126,13 @@ def test_other_methods_get_a_json_405(client, method, path):
     assert response.headers["allow"] == "POST" and body["got"] == method
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_unknown_paths_get_a_json_404_naming_the_routes(client, method):
+    body = assert_error(client.request(method, "/clasify"), 404, "expected one of POST /classify, POST /embed")
+    assert body["got"] == f"{method} /clasify"
+    assert client.get("/livez").status_code == 200  # known routes untouched
+
+
 def test_models_is_get_only_with_a_json_405(client):
     assert client.get("/models").status_code == 200
     response = client.post("/models")
