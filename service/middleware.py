@@ -153,8 +153,9 @@ class JsonNotFound:
         async def rewriting_send(message) -> None:
             nonlocal replaced
             if message["type"] == "http.response.start":
-                headers = dict(message.get("headers", ()))
-                replaced = message["status"] == 404 and headers.get(b"content-type", b"").startswith(b"text/plain")
+                # Status first: every response passes here, and only 404s need their headers read.
+                replaced = message["status"] == 404 and dict(message.get("headers", ())).get(
+                    b"content-type", b"").startswith(b"text/plain")
                 if replaced:
                     body = error_body(f"expected one of {self.routes}, got {scope['method']} {scope['path']}")
                     await JSONResponse(body, status_code=404)(scope, receive, send)
