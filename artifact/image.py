@@ -16,8 +16,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from artifact.errors import GraftError
-from artifact.preprocessing import resized_size
+from graft.artifact.errors import GraftError
+from graft.artifact.preprocessing import resized_size
 
 DEFAULT_MAX_PIXELS = 40_000_000  # about 7300 x 5500: larger than any camera photo a client should send
 

@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from artifact.errors import GraftError
-from artifact.preprocessing import PreprocessingSpec
+from graft.artifact.errors import GraftError
+from graft.artifact.preprocessing import PreprocessingSpec
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from artifact.errors import GraftError
+from graft.artifact.errors import GraftError
 
 
 def check_output_dir(

@@ -21,9 +21,9 @@ import torch
 from fastapi import FastAPI, File, Form, UploadFile
 from PIL import Image
 
-from artifact.manifest import Manifest, read_manifest
-from artifact.preprocessing import preprocess
-from models.backbones import Backbone, get_backbone
+from graft.artifact.manifest import Manifest, read_manifest
+from graft.artifact.preprocessing import preprocess
+from graft.models.backbones import Backbone, get_backbone
 
 logger = logging.getLogger(__name__)
 

@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _finish(result: dict, out: Path, plots: list[Path]) -> None:
-    from benchmarks.report import markdown, write_json
+    from graft.benchmarks.report import markdown, write_json
 
     command = shlex.join(["graft", *sys.argv[1:]])
     result["command"] = command
@@ -91,8 +91,8 @@ def _finish(result: dict, out: Path, plots: list[Path]) -> None:
 
 
 def run_model(args: argparse.Namespace) -> int:
-    from benchmarks import model_bench
-    from benchmarks.report import environment, plot_model, results_dir
+    from graft.benchmarks import model_bench
+    from graft.benchmarks.report import environment, plot_model, results_dir
 
     out = results_dir(args.out)
     env = environment()
@@ -114,9 +114,9 @@ def run_model(args: argparse.Namespace) -> int:
 def run_service(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from artifact.manifest import ManifestError
-    from benchmarks import service_bench
-    from benchmarks.report import environment, plot_service, results_dir
+    from graft.artifact.manifest import ManifestError
+    from graft.benchmarks import service_bench
+    from graft.benchmarks.report import environment, plot_service, results_dir
 
     if not (args.model / "manifest.json").is_file():
         raise ManifestError(

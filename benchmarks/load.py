@@ -31,8 +31,8 @@ import aiohttp
 import httpx
 from tqdm import tqdm
 
-from artifact.errors import GraftError
-from benchmarks.stats import latency_summary
+from graft.artifact.errors import GraftError
+from graft.benchmarks.stats import latency_summary
 
 logger = logging.getLogger(__name__)
 

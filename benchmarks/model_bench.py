@@ -22,10 +22,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from artifact.image import load_image
-from artifact.manifest import MODEL_FILE, read_manifest
-from artifact.preprocessing import preprocess
-from benchmarks.stats import latency_summary
+from graft.artifact.image import load_image
+from graft.artifact.manifest import MODEL_FILE, read_manifest
+from graft.artifact.preprocessing import preprocess
+from graft.benchmarks.stats import latency_summary
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def ort_engines(model_path: Path, cache_dir: Path) -> dict[str, Callable[[], Run
     """ONNX Runtime engines available here, in the service's order of preference (best first)."""
     import onnxruntime as ort
 
-    from service.runtime import gpu_present, preload_gpu_libraries
+    from graft.service.runtime import gpu_present, preload_gpu_libraries
 
     engines: dict[str, Callable[[], Runner]] = {}
     available = ["CPUExecutionProvider"]
@@ -128,7 +128,7 @@ def ort_engines(model_path: Path, cache_dir: Path) -> dict[str, Callable[[], Run
 def _torch_runner(backbone: str, weights: Path, device: str, half: bool) -> Runner:
     import torch
 
-    from models.backbones import get_backbone
+    from graft.models.backbones import get_backbone
 
     model, _ = get_backbone(backbone).create(weights=weights)
     model = model.eval().to(device)
@@ -165,8 +165,8 @@ def random_artifact(backbone: str, folder: Path) -> tuple[Path, Path]:
     """
     import torch
 
-    from export.api import export_backbone
-    from models.backbones import get_backbone
+    from graft.export.api import export_backbone
+    from graft.models.backbones import get_backbone
 
     out = folder / f"{backbone}-random"
     weights = folder / f"{backbone}-random.pt"

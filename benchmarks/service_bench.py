@@ -24,11 +24,11 @@ from typing import Sequence
 
 import httpx
 
-from artifact.manifest import read_manifest
-from benchmarks import metrics, profile
-from benchmarks.images import make_jpegs
-from benchmarks.load import Workload, require_loopback, run_load
-from benchmarks.model_bench import QUICK_TIMING, Timing, ceiling
+from graft.artifact.manifest import read_manifest
+from graft.benchmarks import metrics, profile
+from graft.benchmarks.images import make_jpegs
+from graft.benchmarks.load import Workload, require_loopback, run_load
+from graft.benchmarks.model_bench import QUICK_TIMING, Timing, ceiling
 
 logger = logging.getLogger(__name__)
 
@@ -144,11 +144,11 @@ def wait_ready(url: str, process: subprocess.Popen | None = None, timeout_s: flo
 
 
 def graft_argv(model: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "graft_cli", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    return [sys.executable, "-m", "graft.cli", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
 
 
 def baseline_argv(model: Path, port: int, threads: int | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "benchmarks.baseline_server", "--model", str(model), "--port", str(port)]
+    argv = [sys.executable, "-m", "graft.benchmarks.baseline_server", "--model", str(model), "--port", str(port)]
     return argv + ["--threads", str(threads)] if threads else argv
 
 

@@ -1,7 +1,7 @@
 """PyTorch -> ONNX artifacts: export, `onnx.checker`, the parity gate and BentoML registration.
 
 An artifact is a directory with `model.onnx` and `manifest.json` (see `artifact.manifest`). The public
-functions are imported lazily, so `graft_cli` can import `export.cli` without importing torch.
+functions are imported lazily, so `graft.cli` can import `export.cli` without importing torch.
 """
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from export.api import export_backbone, export_run
-    from export.errors import ExportError, OutputExists, ParityError, RegistrationError
-    from export.register import register_artifact
+    from graft.export.api import export_backbone, export_run
+    from graft.export.errors import ExportError, OutputExists, ParityError, RegistrationError
+    from graft.export.register import register_artifact
 
 _LAZY = {
-    "export_backbone": "export.api",
-    "export_run": "export.api",
-    "register_artifact": "export.register",
-    "ExportError": "export.errors",
-    "OutputExists": "export.errors",
-    "ParityError": "export.errors",
-    "RegistrationError": "export.errors",
+    "export_backbone": "graft.export.api",
+    "export_run": "graft.export.api",
+    "register_artifact": "graft.export.register",
+    "ExportError": "graft.export.errors",
+    "OutputExists": "graft.export.errors",
+    "ParityError": "graft.export.errors",
+    "RegistrationError": "graft.export.errors",
 }
 
 __all__ = sorted(_LAZY)

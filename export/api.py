@@ -22,13 +22,13 @@ import numpy as np
 import onnx
 import torch
 
-from artifact.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, WeightsInfo, sha256_file, write_manifest
-from artifact.outputs import check_output_dir, move_into_place
-from artifact.preprocessing import PreprocessingSpec, preprocess_batch
-from export import graph, parity
-from export.errors import ExportError, OutputExists
-from models.backbones import Backbone, WeightsChoice, get_backbone, imagenet_labels
-from models.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+from graft.artifact.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, WeightsInfo, sha256_file, write_manifest
+from graft.artifact.outputs import check_output_dir, move_into_place
+from graft.artifact.preprocessing import PreprocessingSpec, preprocess_batch
+from graft.export import graph, parity
+from graft.export.errors import ExportError, OutputExists
+from graft.models.backbones import Backbone, WeightsChoice, get_backbone, imagenet_labels
+from graft.models.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def _validation_images(config: dict | None, spec: PreprocessingSpec, limit: int)
     """Up to `limit` images of the run's evaluation split, re-drawn from config.json's arguments and
     decoded as evaluation decodes them; None when the run's data is not on this machine.
     """
-    from models.data import DataError, load_splits
+    from graft.models.data import DataError, load_splits
 
     config = config or {}
     args = config.get("args", {})

@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from export.api import export_backbone, export_run
-    from export.errors import ExportError
+    from graft.export.api import export_backbone, export_run
+    from graft.export.errors import ExportError
 
     if args.run and (args.headless or args.weights != "pretrained"):
         raise ExportError("expected --headless/--weights only with --backbone, got them with --run")
@@ -66,7 +66,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from export.register import register_artifact
+    from graft.export.register import register_artifact
 
     tag = register_artifact(args.artifact)
     log.info("registered %s as BentoML model %s", args.artifact, tag)

@@ -1,6 +1,6 @@
 """Errors export reports to a user as one line (`GraftError` subclasses)."""
 
-from artifact.errors import GraftError
+from graft.artifact.errors import GraftError
 
 
 class ExportError(GraftError):

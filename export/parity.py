@@ -19,9 +19,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from artifact.manifest import ParityFigures
-from export.errors import ParityError
-from models.backbones import Backbone
+from graft.artifact.manifest import ParityFigures
+from graft.export.errors import ParityError
+from graft.models.backbones import Backbone
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
-from artifact.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest, verify_model_hash
-from export.errors import RegistrationError
+from graft.artifact.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest, verify_model_hash
+from graft.export.errors import RegistrationError
 
 log = logging.getLogger(__name__)
 

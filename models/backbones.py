@@ -18,9 +18,9 @@ import torch
 import torchvision
 from torch import nn
 
-from artifact.errors import GraftError
-from artifact.preprocessing import PreprocessingSpec
-from models.weights import WeightsUnavailable, lite_state_dict_to_timm, load_weights_file, package_weights_path
+from graft.artifact.errors import GraftError
+from graft.artifact.preprocessing import PreprocessingSpec
+from graft.models.weights import WeightsUnavailable, lite_state_dict_to_timm, load_weights_file, package_weights_path
 
 WeightsChoice = Literal["pretrained", "none"] | str | os.PathLike
 """'pretrained' (the entry's default source), 'none' (random init) or a path to a state dict."""

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from artifact.errors import GraftError
-from artifact.preprocessing import PreprocessingSpec
-from models.backbones import Backbone, get_backbone
+from graft.artifact.errors import GraftError
+from graft.artifact.preprocessing import PreprocessingSpec
+from graft.models.backbones import Backbone, get_backbone
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

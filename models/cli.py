@@ -67,7 +67,7 @@ def _unfreeze(text: str) -> int | str:
 
 
 def backbones_command(args: argparse.Namespace) -> int:
-    from models.backbones import list_backbones
+    from graft.models.backbones import list_backbones
 
     rows = [("NAME", "SOURCE", "EMBED DIM", "INPUT", "PARAMS", "OFFLINE WEIGHTS")]
     for entry in list_backbones():
@@ -83,7 +83,7 @@ def backbones_command(args: argparse.Namespace) -> int:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from models.train import TrainConfig, run_training
+    from graft.models.train import TrainConfig, run_training
 
     # Options left unset keep TrainConfig's defaults, which live in one place.
     options = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "verbose") and v is not None}

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from artifact.errors import GraftError
-from artifact.image import ImageDecodeError, load_image
+from graft.artifact.errors import GraftError
+from graft.artifact.image import ImageDecodeError, load_image
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, RandomHorizontalFlip, RandomResizedCrop
 from tqdm import tqdm
 
-from artifact.preprocessing import PreprocessingSpec, preprocess, to_array
-from models.backbones import Backbone
-from models.data import ImageSet
-from models.onnx_graph import BackboneOutputs, OnnxRuntimeModel, to_onnx
+from graft.artifact.preprocessing import PreprocessingSpec, preprocess, to_array
+from graft.models.backbones import Backbone
+from graft.models.data import ImageSet
+from graft.models.onnx_graph import BackboneOutputs, OnnxRuntimeModel, to_onnx
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from models.backbones import Backbone
+from graft.models.backbones import Backbone
 
 log = logging.getLogger(__name__)
 

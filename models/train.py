@@ -43,15 +43,15 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from artifact.errors import GraftError
-from artifact.outputs import check_output_dir, move_into_place
-from artifact.preprocessing import PreprocessingSpec
-from models.backbones import Backbone, get_backbone
-from models.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
-from models.data import Splits, load_splits
-from models.evaluate import classification_report
-from models.features import EvalInputs, Inference, TrainInputs, cached_embeddings, loader, to_device
-from models.plots import plot_confusion, plot_curves
+from graft.artifact.errors import GraftError
+from graft.artifact.outputs import check_output_dir, move_into_place
+from graft.artifact.preprocessing import PreprocessingSpec
+from graft.models.backbones import Backbone, get_backbone
+from graft.models.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
+from graft.models.data import Splits, load_splits
+from graft.models.evaluate import classification_report
+from graft.models.features import EvalInputs, Inference, TrainInputs, cached_embeddings, loader, to_device
+from graft.models.plots import plot_confusion, plot_curves
 
 log = logging.getLogger(__name__)
 

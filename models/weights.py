@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from artifact.errors import GraftError
+from graft.artifact.errors import GraftError
 
 
 class WeightsUnavailable(GraftError):

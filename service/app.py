@@ -32,15 +32,15 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from artifact.preprocessing import normalize
-from service.config import ServeConfig
-from service.decode import prepare
-from service.errors import BadRequest, Overloaded, UnknownModel, error_body, status_of
-from service.metrics import metrics
-from service.middleware import JsonNotFound, RequestGuard
-from service.models import ServedModel, load_models, pick_default
-from service.runtime import Runner
-from service.schemas import ClassifyResponse, EmbedResponse, Item, ItemResult, ModelName, Prediction, TopK
+from graft.artifact.preprocessing import normalize
+from graft.service.config import ServeConfig
+from graft.service.decode import prepare
+from graft.service.errors import BadRequest, Overloaded, UnknownModel, error_body, status_of
+from graft.service.metrics import metrics
+from graft.service.middleware import JsonNotFound, RequestGuard
+from graft.service.models import ServedModel, load_models, pick_default
+from graft.service.runtime import Runner
+from graft.service.schemas import ClassifyResponse, EmbedResponse, Item, ItemResult, ModelName, Prediction, TopK
 
 log = logging.getLogger(__name__)
 CONFIG = ServeConfig()

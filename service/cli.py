@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _absolute(reference: str) -> str:
     """`[NAME=]DIR` with DIR made absolute (workers may run elsewhere); tags pass unchanged."""
-    from service.models import split_reference
+    from graft.service.models import split_reference
 
     name, target = split_reference(reference)
     if Path(target).exists():
@@ -51,8 +51,8 @@ def _absolute(reference: str) -> str:
 
 def serve(args: argparse.Namespace) -> int:
     """Check the models resolve, then replace this process with `bentoml serve service.app:Graft`."""
-    from service.config import ServeConfig
-    from service.models import load_models, pick_default
+    from graft.service.config import ServeConfig
+    from graft.service.models import load_models, pick_default
 
     env = dict(os.environ)
     if args.model:
@@ -69,7 +69,7 @@ def serve(args: argparse.Namespace) -> int:
     log.info("serving %s (default %s) on http://%s:%d", sorted(models), default, args.host, args.port)
     root = Path(__file__).resolve().parent.parent
     command = [
-        sys.executable, "-m", "bentoml", "serve", "service.app:Graft",
+        sys.executable, "-m", "bentoml", "serve", "graft.service.app:Graft",
         "--host", args.host, "--port", str(args.port), "--working-dir", str(root),
     ]
     sys.stdout.flush()

@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from artifact.errors import GraftError
-from artifact.image import DEFAULT_MAX_PIXELS
+from graft.artifact.errors import GraftError
+from graft.artifact.image import DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "GRAFT_"
 DEFAULT_MODELS = "tf_efficientnet_lite0"  # a BentoML model-store tag: what the Bento bundles

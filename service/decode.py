@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 
-from artifact.image import decode_image
-from artifact.preprocessing import crop
-from service.metrics import metrics
-from service.models import ServedModel
+from graft.artifact.image import decode_image
+from graft.artifact.preprocessing import crop
+from graft.service.metrics import metrics
+from graft.service.models import ServedModel
 
 
 def prepare(data: bytes, model: ServedModel, *, max_pixels: int) -> np.ndarray:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 
-from artifact.errors import GraftError
-from artifact.image import ImageDecodeError
-from service.models import ModelNotFound
+from graft.artifact.errors import GraftError
+from graft.artifact.image import ImageDecodeError
+from graft.service.models import ModelNotFound
 
 _EXPECTED_GOT = re.compile(r"expected (?P<expected>.+?), got (?P<got>.+)$", re.DOTALL)
 

@@ -14,7 +14,7 @@ import logging
 
 from starlette.responses import JSONResponse
 
-from service.errors import error_body
+from graft.service.errors import error_body
 
 log = logging.getLogger(__name__)
 

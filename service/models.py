@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from artifact.errors import GraftError
-from artifact.manifest import MANIFEST_FILE, Manifest, read_manifest
+from graft.artifact.errors import GraftError
+from graft.artifact.manifest import MANIFEST_FILE, Manifest, read_manifest
 
 log = logging.getLogger(__name__)
 

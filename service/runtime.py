@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from artifact.manifest import MODEL_FILE, verify_model_hash
-from service.models import ServedModel
+from graft.artifact.manifest import MODEL_FILE, verify_model_hash
+from graft.service.models import ServedModel
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ def photo_jpegs(tmp_path_factory, photos) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A feature-extraction run of Lite0 on a few hundred Fashion-MNIST images (CLI, real weights)."""
-    from graft_cli import main
+    from graft.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "fmnist-fe"
     code = main([
@@ -71,7 +71,7 @@ def trained_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lite0_classifier(tmp_path_factory) -> Path:
     """The default model: ImageNet Lite0 classifier artifact (logits + embedding)."""
-    from export import export_backbone
+    from graft.export import export_backbone
 
     out = tmp_path_factory.mktemp("artifacts") / "lite0"
     export_backbone("tf_efficientnet_lite0", out)
@@ -81,7 +81,7 @@ def lite0_classifier(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lite0_embedder(tmp_path_factory) -> Path:
     """Headless Lite0: an embedder artifact (embedding only)."""
-    from export import export_backbone
+    from graft.export import export_backbone
 
     out = tmp_path_factory.mktemp("artifacts") / "lite0-embedder"
     export_backbone("tf_efficientnet_lite0", out, headless=True)

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _graft(*args: str, timeout: int) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "graft_cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "graft.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
     )
 
 

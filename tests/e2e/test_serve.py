@@ -26,9 +26,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from artifact.image import decode_image
-from artifact.manifest import MODEL_FILE, read_manifest
-from artifact.preprocessing import preprocess
+from graft.artifact.image import decode_image
+from graft.artifact.manifest import MODEL_FILE, read_manifest
+from graft.artifact.preprocessing import preprocess
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -61,7 +61,7 @@ def server(lite0_classifier, lite0_embedder, tmp_path_factory):
     env.update(LIMITS)
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "graft_cli", "serve", "--model", str(lite0_classifier),
+            [sys.executable, "-m", "graft.cli", "serve", "--model", str(lite0_classifier),
              "--model", str(lite0_embedder), "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
         )

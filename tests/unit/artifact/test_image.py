@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from artifact.image import ImageDecodeError, decode_image, load_image
+from graft.artifact.image import ImageDecodeError, decode_image, load_image
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:

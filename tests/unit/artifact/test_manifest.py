@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from artifact.manifest import (
+from graft.artifact.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
     SCHEMA_VERSION,
@@ -24,7 +24,7 @@ from artifact.manifest import (
     verify_model_hash,
     write_manifest,
 )
-from artifact.preprocessing import PreprocessingSpec
+from graft.artifact.preprocessing import PreprocessingSpec
 
 SPEC = PreprocessingSpec(input_size=(224, 224), resize_size=256, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
 

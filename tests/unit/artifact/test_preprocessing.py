@@ -8,8 +8,8 @@ import timm
 import torchvision
 from timm.data import create_transform, resolve_data_config
 
-from artifact.preprocessing import PreprocessingSpec, crop, normalize, preprocess, preprocess_batch
-from models.backbones import get_backbone
+from graft.artifact.preprocessing import PreprocessingSpec, crop, normalize, preprocess, preprocess_batch
+from graft.models.backbones import get_backbone
 
 PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket")  # landscape and square, several sizes
 

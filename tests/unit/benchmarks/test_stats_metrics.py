@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks import metrics
-from benchmarks.service_bench import evaluate_targets
-from benchmarks.stats import latency_summary, percentile
+from graft.benchmarks import metrics
+from graft.benchmarks.service_bench import evaluate_targets
+from graft.benchmarks.stats import latency_summary, percentile
 
 
 @pytest.mark.parametrize("q", [0, 1, 50, 90, 95, 99, 100])
@@ -97,7 +97,7 @@ def test_targets_without_a_baseline_are_not_measured():
 
 
 def test_load_is_refused_beyond_loopback():
-    from benchmarks.load import require_loopback
+    from graft.benchmarks.load import require_loopback
 
     require_loopback("http://127.0.0.1:3000/classify")
     require_loopback("http://localhost:3000")
@@ -106,7 +106,7 @@ def test_load_is_refused_beyond_loopback():
 
 
 def test_profile_summary_shares_by_process_and_leaf():
-    from benchmarks.profile import summarise
+    from graft.benchmarks.profile import summarise
 
     root = 'process 9:"python -m bentoml serve service.app:Graft --port 3000";'
     raw = "\n".join([

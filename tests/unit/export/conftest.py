@@ -21,7 +21,7 @@ def assert_close():
 @pytest.fixture(scope="session")
 def lite0_torch():
     """ImageNet Lite0 built straight from the registry: the PyTorch side of every comparison."""
-    from models.backbones import get_backbone
+    from graft.models.backbones import get_backbone
 
     model, _ = get_backbone("tf_efficientnet_lite0").create("pretrained")
     return model.eval()
@@ -32,7 +32,7 @@ def photo_batch():
     """16 distinct real images: the 5 parity photos, their mirror images, and 6 crops of them."""
     from PIL import ImageOps
 
-    from export import parity
+    from graft.export import parity
 
     photos = parity.photos()
     crops = [p.crop((0, 0, p.width * 2 // 3, p.height * 2 // 3)) for p in photos] + [photos[0].crop((100, 50, 400, 300))]

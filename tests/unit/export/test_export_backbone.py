@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from artifact.manifest import MODEL_FILE, read_manifest, verify_model_hash
-from artifact.preprocessing import preprocess_batch
+from graft.artifact.manifest import MODEL_FILE, read_manifest, verify_model_hash
+from graft.artifact.preprocessing import preprocess_batch
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_manifest_describes_the_classifier(lite0_classifier):
     assert all(figures.max_scaled_diff[k] <= figures.tolerance for k in ("logits", "embedding"))
     assert figures.max_abs_diff["logits"] < 1e-3  # ImageNet logits are of order 10: ~absolute
     # the manifest's preprocessing is what the registry says these weights were trained with
-    from models.backbones import get_backbone
+    from graft.models.backbones import get_backbone
 
     assert manifest.preprocessing == get_backbone("tf_efficientnet_lite0").preprocessing
 

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from artifact.errors import GraftError
-from artifact.manifest import MANIFEST_FILE, read_manifest
+from graft.artifact.errors import GraftError
+from graft.artifact.manifest import MANIFEST_FILE, read_manifest
 
 
 def leftovers(parent):
@@ -18,7 +18,7 @@ def leftovers(parent):
 @pytest.fixture(scope="module")
 def lite0_state():
     """A Lite0 state dict with a 10-class head (random init: only shapes matter here)."""
-    from models.backbones import get_backbone
+    from graft.models.backbones import get_backbone
 
     model, _ = get_backbone("tf_efficientnet_lite0").create("none")
     model.reset_head(10)
@@ -26,8 +26,8 @@ def lite0_state():
 
 
 def make_run(run_dir, state, *, backbone="tf_efficientnet_lite0", labels=10, config=None):
-    from models.backbones import get_backbone
-    from models.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
+    from graft.models.backbones import get_backbone
+    from graft.models.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
 
     run_dir.mkdir(parents=True)
     names = [f"class{i}" for i in range(labels)]
@@ -41,8 +41,8 @@ def make_run(run_dir, state, *, backbone="tf_efficientnet_lite0", labels=10, con
 
 
 def test_unknown_backbone_lists_the_names(tmp_path):
-    from export import export_backbone
-    from models.backbones import UnknownBackbone
+    from graft.export import export_backbone
+    from graft.models.backbones import UnknownBackbone
 
     with pytest.raises(UnknownBackbone, match="expected one of: .*tf_efficientnet_lite0"):
         export_backbone("efficientnet_b99", tmp_path / "a")
@@ -50,7 +50,7 @@ def test_unknown_backbone_lists_the_names(tmp_path):
 
 
 def test_existing_output_is_refused_without_overwrite(tmp_path):
-    from export import OutputExists, export_backbone
+    from graft.export import OutputExists, export_backbone
 
     out = tmp_path / "a"
     out.mkdir()
@@ -64,8 +64,8 @@ def test_existing_output_is_refused_without_overwrite(tmp_path):
 
 
 def test_run_from_another_architecture(tmp_path, lite0_state):
-    from export import export_run
-    from models.checkpoint import CheckpointError
+    from graft.export import export_run
+    from graft.models.checkpoint import CheckpointError
 
     run = make_run(tmp_path / "run", lite0_state, backbone="resnet18")
     with pytest.raises(CheckpointError, match="expected a checkpoint of backbone 'resnet18'"):
@@ -74,8 +74,8 @@ def test_run_from_another_architecture(tmp_path, lite0_state):
 
 
 def test_head_size_disagreeing_with_labels(tmp_path, lite0_state):
-    from export import export_run
-    from models.checkpoint import CheckpointError
+    from graft.export import export_run
+    from graft.models.checkpoint import CheckpointError
 
     run = make_run(tmp_path / "run", lite0_state, labels=3)
     with pytest.raises(CheckpointError, match="expected a head with 3 outputs .*got 10"):
@@ -84,8 +84,8 @@ def test_head_size_disagreeing_with_labels(tmp_path, lite0_state):
 
 
 def test_config_naming_another_backbone(tmp_path, lite0_state):
-    from export import export_run
-    from models.checkpoint import CheckpointError
+    from graft.export import export_run
+    from graft.models.checkpoint import CheckpointError
 
     run = make_run(tmp_path / "run", lite0_state, config={"backbone": "resnet50"})
     with pytest.raises(CheckpointError, match="config.json's 'resnet50'"):
@@ -94,15 +94,15 @@ def test_config_naming_another_backbone(tmp_path, lite0_state):
 
 
 def test_not_a_run_dir(tmp_path):
-    from export import export_run
-    from models.checkpoint import CheckpointError
+    from graft.export import export_run
+    from graft.models.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="expected a graft run dir"):
         export_run(tmp_path, tmp_path / "a")
 
 
 def test_cli_reports_one_line_and_exit_2(tmp_path, capsys):
-    from graft_cli import main
+    from graft.cli import main
 
     assert main(["export", "--backbone", "nope", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip()
@@ -115,7 +115,7 @@ def test_cli_reports_one_line_and_exit_2(tmp_path, capsys):
 @pytest.mark.slow
 def test_failed_gate_leaves_no_partial_dir_and_keeps_the_old_artifact(tmp_path, lite0_classifier, monkeypatch):
     """A real parity failure (tolerance below float32 rounding), after model.onnx was written."""
-    from export import ParityError, export_backbone, parity
+    from graft.export import ParityError, export_backbone, parity
 
     out = tmp_path / "a"
     out.mkdir()
@@ -133,7 +133,7 @@ def test_failed_gate_leaves_no_partial_dir_and_keeps_the_old_artifact(tmp_path, 
 def test_fp16_export_with_its_own_gate_replaces_an_artifact(tmp_path, lite0_classifier):
     import onnx
 
-    from export import export_backbone
+    from graft.export import export_backbone
 
     out = tmp_path / "a"
     out.mkdir()

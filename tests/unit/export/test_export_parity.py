@@ -6,7 +6,7 @@ import numpy as np
 
 
 def test_scaled_diff_is_per_image():
-    from export.parity import FP32, scaled_diff
+    from graft.export.parity import FP32, scaled_diff
 
     expected = np.array([[1e4, -2e4, 5.0], [0.5, -0.2, 0.1]], dtype=np.float32)
     actual = expected + np.array([[0.5, 0.0, 0.0], [0.0, 5e-4, 0.0]], dtype=np.float32)

@@ -13,14 +13,14 @@ import sys
 
 import pytest
 
-from artifact.manifest import read_manifest, sha256_file
+from graft.artifact.manifest import read_manifest, sha256_file
 
 pytestmark = pytest.mark.slow
 
 CHECK = """
 import json, sys
 import bentoml
-from export import register_artifact
+from graft.export import register_artifact
 
 tag, artifact = sys.argv[1], sys.argv[2]
 model = bentoml.models.get(tag)
@@ -37,7 +37,7 @@ print(json.dumps({
 def test_register_copies_the_artifact_into_the_store(lite0_classifier, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
     registered = subprocess.run(
-        [sys.executable, "-m", "graft_cli", "register", str(lite0_classifier)],
+        [sys.executable, "-m", "graft.cli", "register", str(lite0_classifier)],
         env=env, capture_output=True, text=True, check=True,
     )
     manifest = read_manifest(lite0_classifier)
@@ -69,7 +69,7 @@ def test_register_refuses_a_tampered_artifact(lite0_embedder, tmp_path):
         handle.write(b"\0")
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
     result = subprocess.run(
-        [sys.executable, "-m", "graft_cli", "register", str(artifact)], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "graft.cli", "register", str(artifact)], env=env, capture_output=True, text=True,
     )
     assert result.returncode == 2 and "file changed" in result.stderr
     assert not (tmp_path / "bentoml" / "models" / "tf_efficientnet_lite0-embedder").exists()

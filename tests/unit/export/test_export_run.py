@@ -10,16 +10,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from artifact.image import load_image
-from artifact.manifest import MODEL_FILE, read_manifest
-from artifact.preprocessing import preprocess, preprocess_batch
+from graft.artifact.image import load_image
+from graft.artifact.manifest import MODEL_FILE, read_manifest
+from graft.artifact.preprocessing import preprocess, preprocess_batch
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def exported_run(trained_run, tmp_path_factory):
-    from export import export_run
+    from graft.export import export_run
 
     out = tmp_path_factory.mktemp("run-artifacts") / "fmnist"
     # 20 evaluation images keep the gate quick here; the 500-image check below is the thorough one.
@@ -28,8 +28,8 @@ def exported_run(trained_run, tmp_path_factory):
 
 
 def test_manifest_carries_the_run(exported_run, trained_run):
-    from artifact.manifest import sha256_file
-    from models.checkpoint import load_checkpoint
+    from graft.artifact.manifest import sha256_file
+    from graft.models.checkpoint import load_checkpoint
 
     manifest = read_manifest(exported_run)
     checkpoint = load_checkpoint(trained_run)
@@ -44,8 +44,8 @@ def test_manifest_carries_the_run(exported_run, trained_run):
 
 
 def test_logits_argmax_and_embedding_match_pytorch_on_500_test_images(exported_run, trained_run, assert_close):
-    from models.checkpoint import load_checkpoint
-    from models.data import fashion_mnist
+    from graft.models.checkpoint import load_checkpoint
+    from graft.models.data import fashion_mnist
 
     manifest = read_manifest(exported_run)
     test_set = fashion_mnist("t10k")
@@ -63,9 +63,9 @@ def test_logits_argmax_and_embedding_match_pytorch_on_500_test_images(exported_r
 
 def test_training_evaluation_and_exported_manifest_give_the_same_array(exported_run, trained_run, tmp_path, photo_batch):
     """For the same JPEG file, `graft train`'s evaluation input equals what the manifest reproduces."""
-    from models.checkpoint import load_checkpoint
-    from models.data import load_splits
-    from models.features import EvalInputs
+    from graft.models.checkpoint import load_checkpoint
+    from graft.models.data import load_splits
+    from graft.models.features import EvalInputs
 
     # An image-folder data set of JPEGs, some large enough for draft-mode decoding at 1/2 and 1/4 scale.
     for index, image in enumerate(photo_batch[:8]):

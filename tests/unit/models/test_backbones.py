@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from artifact.preprocessing import preprocess_batch
-from models.backbones import UnknownBackbone, get_backbone, imagenet_labels, list_backbones
+from graft.artifact.preprocessing import preprocess_batch
+from graft.models.backbones import UnknownBackbone, get_backbone, imagenet_labels, list_backbones
 
 ENTRIES = list_backbones()
 SMALL = {"tf_efficientnet_lite0", "mobilenet_v3_large", "resnet18"}  # cheap enough for real tensors

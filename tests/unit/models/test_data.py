@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.data import DataError, FileImages, fashion_mnist, load_splits, split_per_class, stratified_sample
+from graft.models.data import DataError, FileImages, fashion_mnist, load_splits, split_per_class, stratified_sample
 
 
 def texture_folder(root: Path, per_class: int = 6) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.evaluate import classification_report
+from graft.models.evaluate import classification_report
 
 
 def test_report_on_a_worked_example():

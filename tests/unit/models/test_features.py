@@ -8,9 +8,9 @@ import logging
 import pytest
 import torch
 
-import models.features as features
-from models.backbones import get_backbone
-from models.data import load_splits
+import graft.models.features as features
+from graft.models.backbones import get_backbone
+from graft.models.data import load_splits
 
 CPU = torch.device("cpu")
 

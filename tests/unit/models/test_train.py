@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from artifact.preprocessing import preprocess_batch
-from graft_cli import main
-from models.backbones import get_backbone, list_backbones
-from models.checkpoint import load_checkpoint
-from models.data import fashion_mnist, load_splits
-from models.evaluate import classification_report
-from models.train import freeze_batchnorm_stats, set_trainable
+from graft.artifact.preprocessing import preprocess_batch
+from graft.cli import main
+from graft.models.backbones import get_backbone, list_backbones
+from graft.models.checkpoint import load_checkpoint
+from graft.models.data import fashion_mnist, load_splits
+from graft.models.evaluate import classification_report
+from graft.models.train import freeze_batchnorm_stats, set_trainable
 
 RUN_FILES = {"checkpoint.pt", "labels.json", "config.json", "metrics.json", "curves.png", "confusion_matrix.png"}
 FMNIST_CLASSES = {1: "trouser", 7: "sneaker", 8: "bag"}  # three distinct silhouettes

@@ -33,7 +33,7 @@ def service_app(lite0_classifier, lite0_embedder, tmp_path_factory):
     patch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path_factory.mktemp("prometheus")))
     for name, value in LIMITS.items():
         patch.setenv(name, value)
-    import service.app
+    import graft.service.app
 
     yield service.app
     patch.undo()

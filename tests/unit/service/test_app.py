@@ -171,7 +171,7 @@ def test_batcher_never_learns_to_hold_requests_back(client):
 
 
 def test_inference_responses_skip_per_call_schema_generation(client):
-    from service.app import GraftInference
+    from graft.service.app import GraftInference
 
     spec = GraftInference.apis["infer"].output_spec
     assert spec.media_type == "application/json"  # stored once: BentoML returns it without a schema

@@ -1,6 +1,6 @@
 """`graft serve` checks its models before starting anything."""
 
-from graft_cli import main
+from graft.cli import main
 
 
 def test_serve_refuses_a_missing_model_with_one_line(tmp_path, capsys):

@@ -1,6 +1,6 @@
 import pytest
 
-from service.config import ConfigError, ServeConfig
+from graft.service.config import ConfigError, ServeConfig
 
 
 def test_defaults_and_buckets(monkeypatch):

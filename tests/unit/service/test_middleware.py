@@ -7,7 +7,7 @@ import httpx
 import pytest
 from starlette.responses import JSONResponse
 
-from service.middleware import RequestGuard, normalise
+from graft.service.middleware import RequestGuard, normalise
 
 
 async def slow_app(scope, receive, send):

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[3]
     # what a BentoML worker imports: nothing from the training side at all
     ("import service.app, service.runtime", ("torch", "torchvision", "timm", "onnx", "models", "export")),
     # `graft serve` builds the whole CLI (every package's cli module), still without torch
-    ("import graft_cli; graft_cli.build_parser()", ("torch", "torchvision", "timm")),
+    ("import graft.cli; graft.cli.build_parser()", ("torch", "torchvision", "timm")),
 ], ids=["service", "graft-cli"])
 def test_the_serving_path_loads_no_torch(lite0_classifier, imports, forbidden):
     code = (

@@ -4,10 +4,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from artifact.manifest import MODEL_FILE
-from artifact.preprocessing import preprocess_batch
-from service.models import load_models
-from service.runtime import Runner, session_providers, softmax
+from graft.artifact.manifest import MODEL_FILE
+from graft.artifact.preprocessing import preprocess_batch
+from graft.service.models import load_models
+from graft.service.runtime import Runner, session_providers, softmax
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_without_a_gpu_only_the_cpu_provider_is_tried(tmp_path):
         ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
         trt_cache_dir=tmp_path, input_name="input", input_shape=(3, 224, 224), max_batch=8,
     )
-    from service.runtime import gpu_present
+    from graft.service.runtime import gpu_present
 
     if gpu_present():
         pytest.skip("a GPU is present")

@@ -12,10 +12,10 @@ import importlib
 import logging
 import sys
 
-from artifact.errors import GraftError
+from graft.artifact.errors import GraftError
 
 # (module providing `register(subparsers)`) in the order `graft --help` lists them.
-_COMMAND_MODULES = ("models.cli", "export.cli", "service.cli", "benchmarks.cli")
+_COMMAND_MODULES = ("graft.models.cli", "graft.export.cli", "graft.service.cli", "graft.benchmarks.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
