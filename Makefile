@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# uv: `bentoml build` uses it to resolve the Bento's packages offline.
-	$(PY) -m pip install -q -c constraints.txt -e ".[train,bench,test]" uv
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,bench,test,batch]" uv
 	touch $@
 
 # Test data from Debian: Fashion-MNIST's idx files.

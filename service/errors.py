@@ -1,55 +1,75 @@
-"""Client errors: one exception type per HTTP status, one JSON body shape for every error.
+"""Client errors: each class carries its HTTP status; every error has one JSON body shape.
 
-Every error the service returns, whoever raised it (our endpoints, BentoML's request parsing, the
-guard middleware), has the body `{"error": MESSAGE, "expected": ..., "got": ...}`; `expected` and
-`got` are null when the message has no such parts.
+The body is `{"error": MESSAGE, "expected": ..., "got": ...}`. `expected` and `got` are fields
+the raiser fills, never parsed back out of the message; the message is built from them when the
+raiser gives none. One handler (`graft.service.routes`) turns any `ServiceError` into a response.
 """
 
 from __future__ import annotations
 
-import re
-
 from graft.artifact.errors import GraftError
-from graft.artifact.image import ImageDecodeError
-from graft.service.models import ModelNotFound
-
-_EXPECTED_GOT = re.compile(r"expected (?P<expected>.+?), got (?P<got>.+)$", re.DOTALL)
 
 
 class ServiceError(GraftError):
-    """A request the service refuses; `status` is its HTTP status."""
+    """A request the service refuses. Subclasses set `status`; instances may add headers."""
 
     status = 400
+
+    def __init__(
+        self, message: str = "", *, expected: str | None = None, got: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if not message:
+            message = f"expected {expected}, got {got}"
+        super().__init__(message)
+        self.message = message
+        self.expected = expected
+        self.got = got
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": self.message, "expected": self.expected, "got": self.got}
 
 
 class BadRequest(ServiceError, ValueError):
     status = 400
 
 
-class UnknownModel(ServiceError, LookupError):
+class Unauthorized(ServiceError):
+    status = 401
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+class NotFound(ServiceError, LookupError):
     status = 404
 
 
-class Overloaded(ServiceError):
+class MethodNotAllowed(ServiceError):
+    status = 405
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+
+
+class TooManyRequests(ServiceError):
+    """The queue is full: refused at once, before any work, with `Retry-After`."""
+
+    status = 429
+
+
+class Unavailable(ServiceError):
+    """Not ready, draining, or an item could not meet its deadline."""
+
     status = 503
-
-
-def error_body(message: str) -> dict:
-    """The JSON error body; "expected X, got Y" in the message fills `expected` and `got`."""
-    match = _EXPECTED_GOT.search(message)
-    return {
-        "error": message,
-        "expected": match["expected"] if match else None,
-        "got": match["got"] if match else None,
-    }
-
-
-def status_of(error: Exception) -> int | None:
-    """The HTTP status for a client error, or None if `error` is not one (a server bug)."""
-    if isinstance(error, ServiceError):
-        return error.status
-    if isinstance(error, ModelNotFound):
-        return 404
-    if isinstance(error, ImageDecodeError):
-        return 400
-    return None

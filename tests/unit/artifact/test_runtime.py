@@ -6,13 +6,19 @@ import pytest
 
 from graft.artifact.manifest import MODEL_FILE
 from graft.artifact.preprocessing import preprocess_batch
-from graft.service.models import load_models
-from graft.service.runtime import Runner, session_providers, softmax
+from graft.artifact.manifest import read_manifest
+from graft.artifact.runtime import Runner, session_providers, softmax
+
+
+class Artifact:
+    def __init__(self, directory):
+        self.directory = directory
+        self.manifest = read_manifest(directory)
 
 
 @pytest.fixture(scope="module")
 def classifier(lite0_classifier):
-    return load_models((str(lite0_classifier),))["tf_efficientnet_lite0"]
+    return Artifact(lite0_classifier)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +34,7 @@ def direct(classifier, batch):
 
 
 def _runner(model, buckets, pad=None):
-    return Runner(model, buckets=buckets, providers=("CPUExecutionProvider",), intra_op_threads=1,
+    return Runner(model.directory, model.manifest, buckets=buckets, providers=("CPUExecutionProvider",), intra_op_threads=1,
                   trt_cache_dir=None, pad_to_buckets=pad)
 
 
@@ -69,7 +75,7 @@ def test_without_a_gpu_only_the_cpu_provider_is_tried(tmp_path):
         ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
         trt_cache_dir=tmp_path, input_name="input", input_shape=(3, 224, 224), max_batch=8,
     )
-    from graft.service.runtime import gpu_present
+    from graft.artifact.runtime import gpu_present
 
     if gpu_present():
         pytest.skip("a GPU is present")

@@ -1,8 +1,8 @@
-"""ONNX Runtime execution: one session per artifact, batch-size buckets, warm-up.
+"""Running an artifact on ONNX Runtime: providers, one session per artifact, batch buckets, warm-up.
 
-The runner knows nothing about HTTP or queues. Decoding and preprocessing happen in the API process
-(`service.decode`), so what reaches `infer` is already the model's input; the runner pads it to a
-bucket, runs it and splits the outputs into one result per image.
+The one place sessions for artifacts are built: the service, batch jobs and the benchmarks all use
+`Runner`. It knows nothing about HTTP, queues or threads: `infer` takes the model's input batch
+(what `graft.artifact.preprocessing.preprocess` makes) and returns the named outputs.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from graft.artifact.manifest import MODEL_FILE, verify_model_hash
-from graft.service.models import ServedModel
+from graft.artifact.manifest import MODEL_FILE, Manifest, verify_model_hash
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,9 @@ class Runner:
     """One artifact's ONNX Runtime session.
 
     Args:
-        model: the served model (its directory holds `model.onnx`).
+        directory: the artifact directory (holds `model.onnx`).
+        manifest: its manifest (the model's hash is verified before the session is built).
+        name: the name logs and metrics use; the manifest's name by default.
         buckets: batch sizes to pad to, ascending; the last is the largest batch run at once.
         providers: provider names to try, in order.
         intra_op_threads: ORT intra-op threads; 0 lets ORT use one per physical core.
@@ -105,13 +106,12 @@ class Runner:
     """
 
     def __init__(
-        self, model: ServedModel, *, buckets: tuple[int, ...], providers: tuple[str, ...],
+        self, directory: Path, manifest: Manifest, *, name: str = "", buckets: tuple[int, ...], providers: tuple[str, ...],
         intra_op_threads: int, trt_cache_dir: Path, pad_to_buckets: bool | None = None,
         intra_op_spinning: bool = False,
     ) -> None:
-        manifest = model.manifest
-        verify_model_hash(model.directory, manifest)
-        self.name = model.name
+        verify_model_hash(directory, manifest)
+        self.name = name or manifest.name
         self.manifest = manifest
         self.buckets = buckets
         self.input_name = manifest.io.input.name
@@ -127,7 +127,7 @@ class Runner:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         started = time.perf_counter()
         self.session = ort.InferenceSession(
-            str(model.directory / MODEL_FILE),
+            str(directory / MODEL_FILE),
             sess_options=options,
             providers=session_providers(
                 providers, trt_cache_dir=trt_cache_dir, input_name=self.input_name,
