@@ -15,7 +15,9 @@ import sys
 from graft.artifact.errors import GraftError
 
 # (module providing `register(subparsers)`) in the order `graft --help` lists them.
-_COMMAND_MODULES = ("graft.models.cli", "graft.export.cli", "graft.service.cli", "graft.benchmarks.cli")
+_COMMAND_MODULES = (
+    "graft.models.cli", "graft.export.cli", "graft.service.cli", "graft.batch.cli", "graft.benchmarks.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

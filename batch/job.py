@@ -1,0 +1,274 @@
+"""A batch job on Ray Data: read -> decode/preprocess (CPU tasks) -> ONNX Runtime (actor pool) -> Parquet.
+
+Ray Data does the distribution: blocks of rows, task and actor scheduling, backpressure, retries.
+graft supplies only the per-batch functions (`graft.batch.stages`) and the job's edges: checking the
+arguments, starting or joining Ray, writing the output atomically and summarising.
+
+Output: a directory of Parquet files with one row per input image: `path`, `model`, `version`,
+`error` (null when the image was fine) and either `embedding` (float32 fixed-size list) or top-k
+`labels`/`indices`/`scores` (best first), plus `_graft.json` with the job's summary. It is written to
+`OUT.tmp-<uuid>` beside OUT and renamed into place once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from graft.artifact.errors import GraftError
+from graft.artifact.image import DEFAULT_MAX_PIXELS
+from graft.artifact.manifest import read_manifest
+from graft.artifact.outputs import check_output_dir, move_into_place
+from graft.batch.sources import BatchInputError, FileSource, ParquetSource, resolve_model, resolve_source
+from graft.batch.stages import CLASSIFY, EMBED, PATH, Infer, artifact_files, decode
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "_graft.json"
+"""Job summary inside OUT; the leading underscore makes Parquet readers skip it, and it marks OUT as
+graft's own output (what `--overwrite` may replace)."""
+PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PATHS_PER_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One `graft batch` run.
+
+    Attributes:
+        task: "embed" or "classify".
+        model: artifact directory or BentoML model tag.
+        input: image folder, glob, or Parquet dataset (see `graft.batch.sources`).
+        output: the Parquet directory to create.
+        head: a head artifact directory applied to the embedding (classify only).
+        column: the Parquet image-bytes or path column (auto-detected when None).
+        top_k: predictions per image (classify).
+        normalize: L2-normalise embeddings (embed).
+        batch_size: images per ONNX Runtime call.
+        decode_batch_size: images per decode task call.
+        actors: inference actors (one session each); None: one per GPU, or 1 without GPUs.
+        decode_tasks: most decode tasks at once; None lets Ray Data decide from free CPUs.
+        intra_op_threads: ORT intra-op threads per actor; 0: one per physical core.
+        actor_cpus: CPUs Ray reserves per inference actor.
+        actor_memory: bytes of memory Ray reserves per inference actor (session and batch buffers).
+        ray_address: Ray cluster to join; None: `RAY_ADDRESS`, else a local Ray for this job.
+        max_pixels: images with more pixels are error rows (decompression bombs).
+        overwrite: replace an existing output directory written by graft batch.
+        progress: show Ray Data's progress bars.
+    """
+
+    task: str
+    model: str
+    input: str
+    output: Path
+    head: Path | None = None
+    column: str | None = None
+    top_k: int = 5
+    normalize: bool = True
+    batch_size: int = 32
+    decode_batch_size: int = 16
+    actors: int | None = None
+    decode_tasks: int | None = None
+    intra_op_threads: int = 0
+    actor_cpus: float = 1.0
+    actor_memory: int = 1 << 30
+    ray_address: str | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+    progress: bool = True
+    trt_cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "graft" / "tensorrt")
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What a finished job did; also written to OUT/_graft.json."""
+
+    task: str
+    model: str
+    version: str
+    output: str
+    images: int
+    errors: int
+    seconds: float
+    """Wall time of the pipeline (reading to the last Parquet file), without starting Ray."""
+    images_per_second: float
+    ray_start_seconds: float
+    actors: int
+    gpus_per_actor: int
+    batch_size: int
+
+    def line(self) -> str:
+        return (
+            f"{self.images} images, {self.errors} errors, {self.seconds:.1f} s, "
+            f"{self.images_per_second:.1f} images/s ({self.actors} actor(s), model {self.model} {self.version}) "
+            f"-> {self.output}"
+        )
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[float]:
+    """Join the Ray at `address` (or `RAY_ADDRESS`), or start a local one for this job; yields the start-up seconds.
+
+    A Ray already initialised in this process (a notebook, a test session) is used as it is and left
+    running; one started here is shut down on the way out, whatever happens.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield 0.0
+        return
+    started = time.perf_counter()
+    ray.init(
+        address=address,  # None: RAY_ADDRESS if set, else a new local Ray
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=log.isEnabledFor(logging.DEBUG),
+    )
+    try:
+        yield time.perf_counter() - started
+    finally:
+        ray.shutdown()
+
+
+def _check(config: JobConfig) -> tuple[Path, object, FileSource | ParquetSource]:
+    if config.task not in (EMBED, CLASSIFY):
+        raise BatchInputError(f"expected task embed or classify, got {config.task!r}")
+    directory = resolve_model(config.model)
+    manifest = read_manifest(directory)
+    if config.head is not None:
+        if config.task != CLASSIFY:
+            raise BatchInputError("expected --head with `graft batch classify`, got it with embed")
+        from graft.artifact.heads import read_head
+
+        read_head(config.head).check_backbone(manifest)
+    elif config.task == CLASSIFY and manifest.task != "classifier":
+        raise BatchInputError(
+            f"expected a classifier artifact (or --head) for classify, got {manifest.task} {manifest.name}"
+        )
+    source = resolve_source(config.input, column=config.column)
+    check_output_dir(config.output, config.overwrite, marker=SUMMARY_FILE, what="batch output directory",
+                     error=BatchInputError)
+    return directory, manifest, source
+
+
+def _dataset(source: FileSource | ParquetSource):
+    """The job's rows: a `path` column (image files) or the Parquet dataset's own columns."""
+    import pyarrow as pa
+    import ray.data
+
+    if isinstance(source, ParquetSource):
+        return ray.data.read_parquet(source.location)
+    paths = source.paths
+    # Listed on the driver and read by the decode tasks: an unreadable file becomes an error row
+    # (ray.data.read_binary_files would fail the whole job on it), and the row count is known.
+    blocks = [pa.table({PATH: pa.array(paths[i:i + PATHS_PER_BLOCK], pa.string())})
+              for i in range(0, len(paths), PATHS_PER_BLOCK)]
+    return ray.data.from_arrow(blocks)
+
+
+def _head_files(head: Path | None) -> dict[str, bytes] | None:
+    if head is None:
+        return None
+    return {p.name: p.read_bytes() for p in head.iterdir() if p.is_file()}
+
+
+def run_job(config: JobConfig) -> JobSummary:
+    """Run one batch job end to end and return its summary.
+
+    Raises:
+        BatchInputError: bad model, input or output, found before Ray starts.
+        GraftError: the pipeline failed (nothing is left at the output path).
+    """
+    directory, manifest, source = _check(config)
+    out = config.output.resolve()
+    tmp = out.parent / f"{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with ray_session(config.ray_address) as ray_start:
+        import ray
+        from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+
+        context = DataContext.get_current()
+        context.enable_progress_bars = config.progress
+        gpus = ray.cluster_resources().get("GPU", 0)
+        gpus_per_actor = 1 if gpus >= 1 else 0
+        actors = config.actors or max(1, int(gpus))
+        spec = manifest.preprocessing
+        bytes_column = source.bytes_column if isinstance(source, ParquetSource) else None
+        path_column = source.path_column if isinstance(source, ParquetSource) else PATH
+        dataset = _dataset(source).map_batches(
+            decode,
+            batch_size=config.decode_batch_size,
+            fn_kwargs={"spec": spec, "max_pixels": config.max_pixels, "bytes_column": bytes_column,
+                       "path_column": path_column},
+            compute=TaskPoolStrategy(size=config.decode_tasks),
+            num_cpus=1,
+        ).map_batches(
+            Infer,
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            # Shipped through the object store (nested, so Ray hands the actor a reference rather than
+            # pinning it as a restartable constructor argument): nodes need no shared artifact path.
+            fn_constructor_args=([ray.put(artifact_files(directory))],),
+            fn_constructor_kwargs={
+                "task": config.task, "batch_size": config.batch_size, "providers": PROVIDERS,
+                "intra_op_threads": config.intra_op_threads, "trt_cache_dir": str(config.trt_cache_dir),
+                "top_k": config.top_k, "normalize_embeddings": config.normalize,
+                "head_files": None if config.head is None else [ray.put(_head_files(config.head))],
+            },
+            compute=ActorPoolStrategy(size=actors),
+            num_cpus=config.actor_cpus,
+            num_gpus=gpus_per_actor,
+            # NOTE: besides reserving what a session needs, a memory request makes the actor's remote
+            # args differ from the decode tasks', so Ray Data does not fuse decoding into the actor:
+            # fused, each actor would decode and infer in turn instead of overlapping the two.
+            memory=config.actor_memory,
+        )
+        log.info("batch %s: %s on %d actor(s) (%d GPU each) -> %s", config.task, manifest.name, actors,
+                 gpus_per_actor, out)
+        started = time.perf_counter()
+        try:
+            dataset.write_parquet(str(tmp))
+            seconds = time.perf_counter() - started
+            images, errors = _count(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    try:
+        version = manifest.version
+        model = manifest.name
+        if config.head is not None:
+            from graft.artifact.heads import read_head
+
+            head = read_head(config.head)
+            model, version = f"{model}+{head.name}", f"{version}+{head.spec.version}"
+        summary = JobSummary(
+            task=config.task, model=model, version=version, output=str(out), images=images, errors=errors,
+            seconds=round(seconds, 3), images_per_second=round(images / seconds, 2) if seconds else 0.0,
+            ray_start_seconds=round(ray_start, 3), actors=actors, gpus_per_actor=gpus_per_actor,
+            batch_size=config.batch_size,
+        )
+        (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        check_output_dir(out, config.overwrite, marker=SUMMARY_FILE, what="batch output directory",
+                         error=BatchInputError)  # again: another job may have finished there meanwhile
+        move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _count(folder: Path) -> tuple[int, int]:
+    """Rows and error rows in the written Parquet files (reads only the `error` column)."""
+    import pyarrow.dataset as pads
+
+    if not folder.is_dir():  # Ray writes no directory when there were no rows at all
+        raise GraftError(f"expected the job to write Parquet files to {folder}, got none")
+    table = pads.dataset(str(folder), format="parquet").to_table(columns=["error"])
+    return table.num_rows, table.num_rows - table.column("error").null_count
