@@ -27,6 +27,11 @@ _HIGH_BIT_DEPTH = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 class ImageDecodeError(GraftError, ValueError):
     """The input is not an image Pillow can decode completely, or it is too large."""
 
+    def __init__(self, *, expected: str, got: str) -> None:
+        super().__init__(f"expected {expected}, got {got}")
+        self.expected = expected
+        self.got = got
+
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
@@ -68,14 +73,14 @@ def decode_image(
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
-            raise ImageDecodeError("expected image bytes (JPEG, PNG, ...), got an empty file")
+            raise ImageDecodeError(expected="image bytes (JPEG, PNG, ...)", got="an empty file")
         source = io.BytesIO(source)
     try:
         with Image.open(source) as image:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageDecodeError(
-                    f"expected at most {max_pixels} pixels, got {width}x{height} = {width * height}"
+                    expected=f"at most {max_pixels} pixels", got=f"{width}x{height} = {width * height}"
                 )
             if max_pixels is not None and min_side is not None:
                 # A thin strip passes the cap as sent but explodes once its shorter side is resized
@@ -83,8 +88,8 @@ def decode_image(
                 out_w, out_h = resized_size(width, height, min_side)
                 if out_w * out_h > max_pixels:
                     raise ImageDecodeError(
-                        f"expected an aspect ratio that resizes within {max_pixels} pixels, got "
-                        f"{width}x{height} (resized to {out_w}x{out_h})"
+                        expected=f"an aspect ratio that resizes within {max_pixels} pixels",
+                        got=f"{width}x{height} (resized to {out_w}x{out_h})",
                     )
             if min_side is not None and image.format == "JPEG":
                 image.draft("RGB", (min_side, min_side))
@@ -95,13 +100,13 @@ def decode_image(
         raise
     except UnidentifiedImageError as error:
         raise ImageDecodeError(
-            "expected an image file (JPEG, PNG, WebP, BMP, GIF, TIFF), got data Pillow cannot identify"
+            expected="an image file (JPEG, PNG, WebP, BMP, GIF, TIFF)", got="data Pillow cannot identify"
         ) from error
     except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"image too large: {error}") from error
+        raise ImageDecodeError(expected="an image within Pillow's pixel limit", got=str(error)) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         # Truncated or corrupt data surfaces from Pillow's decoders as any of these.
-        raise ImageDecodeError(f"expected a complete, valid image, got a corrupt one: {error}") from error
+        raise ImageDecodeError(expected="a complete, valid image", got=f"a corrupt one: {error}") from error
 
 
 def load_image(path: str | Path, *, min_side: int | None = None) -> Image.Image:

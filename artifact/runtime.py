@@ -168,8 +168,9 @@ class Runner:
         }
 
     def postprocess(self, outputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """One result per item: `probabilities` (softmax of logits, classifiers) and `embedding`."""
-        results = {"embedding": outputs["embedding"]}
+        """One result per item: `embedding`, and for classifiers `logits` and `probabilities`
+        (their softmax)."""
+        results = dict(outputs)
         if "logits" in outputs:
             results["probabilities"] = softmax(outputs["logits"])
         count = len(outputs["embedding"])

@@ -12,7 +12,9 @@ log = logging.getLogger(__name__)
 
 # flag -> environment variable read by service.config.ServeConfig
 _TUNING = {
+    "workers": "GRAFT_WORKERS",
     "max_batch_size": "GRAFT_MAX_BATCH_SIZE",
+    "max_queue": "GRAFT_MAX_QUEUE",
     "max_latency_ms": "GRAFT_MAX_LATENCY_MS",
     "max_images": "GRAFT_MAX_IMAGES",
     "max_request_bytes": "GRAFT_MAX_REQUEST_BYTES",
@@ -50,7 +52,8 @@ def _absolute(reference: str) -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Check the models resolve, then replace this process with `bentoml serve service.app:Graft`."""
+    """Check the models resolve, then replace this process with `bentoml serve graft.service.app:Graft`."""
+    from graft.artifact.manifest import verify_model_hash
     from graft.service.config import ServeConfig
     from graft.service.models import load_models, pick_default
 
@@ -65,12 +68,12 @@ def serve(args: argparse.Namespace) -> int:
     os.environ.update(env)
     config = ServeConfig()
     models = load_models(config.models)  # fail here, with one clear line, not in a worker
+    for model in models.values():
+        verify_model_hash(model.directory, model.manifest)
     default = pick_default(models, config.default_model)
     log.info("serving %s (default %s) on http://%s:%d", sorted(models), default, args.host, args.port)
-    root = Path(__file__).resolve().parent.parent
     command = [
-        sys.executable, "-m", "bentoml", "serve", "graft.service.app:Graft",
-        "--host", args.host, "--port", str(args.port), "--working-dir", str(root),
+        sys.executable, "-m", "bentoml", "serve", "graft.service.app:Graft", "--host", args.host, "--port", str(args.port),
     ]
     sys.stdout.flush()
     sys.stderr.flush()

@@ -47,24 +47,31 @@ class ServeConfig:
         models: model references, comma-separated in `GRAFT_MODELS`: an artifact directory, a
             BentoML model tag, or `NAME=DIR_OR_TAG` to serve it under another name.
         default_model: the model used when a request names none; empty means the first one.
-        max_batch_size: largest batch the inference service runs (BentoML adaptive batching).
-        max_latency_ms: BentoML's latency budget for a batched call; requests that cannot meet it
-            are shed with 503 instead of queueing without bound.
+        workers: server processes (BentoML `workers`); each has its own sessions and batchers.
+        max_batch_size: largest batch graft's batcher runs on one session.
+        max_queue: most images waiting in one model's batcher; more get 429 at once.
+        max_latency_ms: each image's deadline from the request's arrival; an image that cannot be
+            run in time is answered 503 instead of run (a request's `timeout_ms` may shorten it).
         max_images: most image parts accepted in one request.
         max_pixels: most pixels in one decoded image (decompression bombs).
         max_request_bytes: largest request body; larger ones get 413 before they are read.
-        decode_threads: threads decoding and preprocessing images in the API process.
-        intra_op_threads: ONNX Runtime intra-op threads per session; 0 lets ORT pick (one per core).
+        decode_threads: threads decoding and preprocessing images in each worker.
+        intra_op_threads: ONNX Runtime intra-op threads per session; 0 means the cores divided
+            among the workers.
         intra_op_spinning: let idle intra-op threads busy-wait (`GRAFT_INTRA_OP_SPINNING=1`); off by
-            default because the API worker decodes on the same cores.
+            default because decoding runs on the same cores.
         providers: ONNX Runtime providers to try, in order; unavailable ones are skipped.
         trt_cache_dir: where TensorRT keeps built engines between restarts.
-        max_concurrency: most requests in flight in the API service; more get 429 at once.
+        max_concurrency: most requests in flight in one worker; more get 429 before their body
+            is read.
+        drain_seconds: on SIGTERM, how long requests in flight may take to finish.
     """
 
     models: tuple[str, ...] = field(default_factory=lambda: _env_list("MODELS", DEFAULT_MODELS))
     default_model: str = field(default_factory=lambda: os.environ.get(ENV_PREFIX + "DEFAULT_MODEL", ""))
+    workers: int = field(default_factory=lambda: _env_int("WORKERS", 1))
     max_batch_size: int = field(default_factory=lambda: _env_int("MAX_BATCH_SIZE", 32))
+    max_queue: int = field(default_factory=lambda: _env_int("MAX_QUEUE", 128))
     max_latency_ms: int = field(default_factory=lambda: _env_int("MAX_LATENCY_MS", 10_000))
     max_images: int = field(default_factory=lambda: _env_int("MAX_IMAGES", 32))
     max_pixels: int = field(default_factory=lambda: _env_int("MAX_PIXELS", DEFAULT_MAX_PIXELS))
@@ -84,6 +91,11 @@ class ServeConfig:
         )
     )
     max_concurrency: int = field(default_factory=lambda: _env_int("MAX_CONCURRENCY", 64))
+    drain_seconds: int = field(default_factory=lambda: _env_int("DRAIN_SECONDS", 30, minimum=0))
+
+    def session_threads(self) -> int:
+        """ONNX Runtime intra-op threads per session: as set, or the cores shared among workers."""
+        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.workers)
 
     def batch_buckets(self) -> tuple[int, ...]:
         """Batch sizes sessions are padded to and warmed at: powers of two up to the maximum."""

@@ -1,44 +1,17 @@
-"""Request and response bodies, and the items passed from the API service to the inference service."""
+"""Response bodies, as pydantic models: what `/docs` and `/openapi.json` describe.
+
+Handlers build plain dicts of these shapes (validating every response would cost time on the hot
+path); `tests/unit/service` validates real responses against these models.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-import numpy as np
-from bentoml.validators import TensorSchema
-from pydantic import BaseModel, BeforeValidator, Field
-
-
-def _positive_int(value: Any) -> Any:
-    # NOTE: multipart form values arrive JSON-decoded ("3" -> 3, "true" -> True, "2.5" -> 2.5).
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("+").isdigit() or int(value) < 1:
-        raise ValueError(f"expected a positive integer, got {value!r}")
-    return int(value)
-
-
-TopK = Annotated[int, BeforeValidator(_positive_int), Field(description="labels per image, best first")]
-Tensor = Annotated[np.ndarray, TensorSchema("numpy-array", "float32")]
-Pixels = Annotated[np.ndarray, TensorSchema("numpy-array", "uint8")]
-ModelName = Annotated[str, BeforeValidator(str), Field(description="model to use; empty for the default")]
-
-
-class Item(BaseModel):
-    """One resized and cropped image on its way to the batched inference API, tagged with its model."""
-
-    model: str
-    pixels: Pixels  # uint8 RGB [H, W, 3] of the model's input size; normalised batch-wise there
-
-
-class ItemResult(BaseModel):
-    """The runner's result for one image: softmax probabilities (classifiers) and raw embedding."""
-
-    embedding: Tensor
-    probabilities: Tensor | None = None
+from pydantic import BaseModel, Field
 
 
 class Prediction(BaseModel):
     label: str
-    index: int
+    index: int = Field(description="the label's position in the model's output")
     score: float = Field(description="softmax probability")
 
 
@@ -54,3 +27,26 @@ class EmbedResponse(BaseModel):
     dim: int
     normalized: bool
     embeddings: list[list[float]] = Field(description="one vector per image, in the order sent")
+
+
+class ModelSummary(BaseModel):
+    name: str
+    task: str = Field(description="classifier or embedder")
+    backbone: str
+    version: str
+    num_labels: int
+    embedding_dim: int
+    input_size: list[int]
+    precision: str
+    provider: str = Field(description="the ONNX Runtime execution provider the session runs on")
+
+
+class ModelsResponse(BaseModel):
+    default: str = Field(description="the model used when a request names none")
+    models: list[ModelSummary]
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what went wrong, in one line")
+    expected: str | None = Field(description="what the server expected")
+    got: str | None = Field(description="what it got instead")

@@ -35,7 +35,7 @@ def service_app(lite0_classifier, lite0_embedder, tmp_path_factory):
         patch.setenv(name, value)
     import graft.service.app
 
-    yield service.app
+    yield graft.service.app
     patch.undo()
 
 

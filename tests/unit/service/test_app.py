@@ -78,10 +78,36 @@ def test_models_lists_both_with_their_provider(client):
     assert all(m["provider"] == "CPUExecutionProvider" for m in body["models"])
 
 
-def test_openapi_documents_the_endpoints(client):
-    spec = client.get("/docs.json").json()
-    assert {"/classify", "/embed"} <= set(spec["paths"])
-    assert "text/html" in client.get("/").headers["content-type"]  # BentoML's Swagger UI
+def test_openapi_documents_every_route_with_fields_and_errors(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/classify", "/embed", "/models", "/livez", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert spec["info"]["version"] not in ("", "None")
+    classify = spec["paths"]["/classify"]["post"]
+    fields = classify["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {"images", "top_k", "model", "timeout_ms"} <= set(fields)
+    assert {"200", "400", "404", "413", "429", "503"} <= set(classify["responses"])
+    assert "ModelsResponse" in spec["components"]["schemas"]
+    page = client.get("/docs")
+    assert "text/html" in page.headers["content-type"]
+    assert "<script" not in page.text and "GET /models" in page.text and "top_k" in page.text
+
+
+def test_responses_match_their_documented_schemas(client, chelsea_jpeg):
+    from graft.service import schemas
+
+    schemas.ClassifyResponse.model_validate(client.post("/classify", files=files(chelsea_jpeg)).json())
+    schemas.EmbedResponse.model_validate(client.post("/embed", files=files(chelsea_jpeg)).json())
+    schemas.ModelsResponse.model_validate(client.get("/models").json())
+
+
+@pytest.mark.parametrize("field", ["topk", "top-k", "Model"])
+def test_misspelled_options_are_refused_naming_the_valid_fields(client, chelsea_jpeg, field):
+    body = assert_error(client.post("/classify", files=files(chelsea_jpeg), data={field: "1"}), 400, field)
+    assert "top_k" in body["expected"] and body["got"] == f"a field named {field!r}"
+
+
+def test_a_trailing_slash_is_the_same_route(client, chelsea_jpeg):
+    assert client.post("/classify/", files=files(chelsea_jpeg)).status_code == 200
 
 
 def png_bytes(size, mode="RGB") -> bytes:
@@ -96,22 +122,24 @@ def png_bytes(size, mode="RGB") -> bytes:
     ({"files": files(b"\xff\xd8\xff\xe0" + b"\x00" * 64)}, 400, "images[0]"),
     ({"files": files(png_bytes((1001, 1001)))}, 400, "expected at most 1000000 pixels"),
     ({"files": files(png_bytes((1, 20000)))}, 400, "expected an aspect ratio that resizes within"),
-    ({"files": files(*[png_bytes((8, 8))] * 7)}, 400, "at most 6 files"),
-    ({"files": files(png_bytes((8, 8)), field="image")}, 400, "got a file in 'image'"),
-    ({"data": {"top_k": "3"}}, 400, "expected a form field named 'images'"),
-    ({"files": files(png_bytes((8, 8))), "data": {"top_k": "0"}}, 400, "top_k: expected a positive integer, got 0"),
+    ({"files": files(*[png_bytes((8, 8))] * 7)}, 400, "at most 6 images"),
+    ({"files": files(png_bytes((8, 8)), field="image")}, 400, "got a field named 'image'"),
+    ({"files": files(png_bytes((8, 8))), "data": {"images": ""}}, 400, "got an empty value"),
+    ({"data": {"top_k": "3"}}, 400, "file parts named 'images'"),
+    ({"files": files(png_bytes((8, 8))), "data": {"top_k": "0"}}, 400, "top_k: expected a positive integer, got '0'"),
     ({"files": files(png_bytes((8, 8))), "data": {"top_k": "-2"}}, 400, "top_k: expected a positive integer"),
-    ({"files": files(png_bytes((8, 8))), "data": {"top_k": "2.5"}}, 400, "top_k: expected a positive integer, got 2.5"),
+    ({"files": files(png_bytes((8, 8))), "data": {"top_k": "2.5"}}, 400, "top_k: expected a positive integer, got '2.5'"),
     ({"files": files(png_bytes((8, 8))), "data": {"top_k": "three"}}, 400, "top_k: expected a positive integer"),
     ({"files": files(png_bytes((8, 8))), "data": {"top_k": "9" * 5000}}, 400, "top_k"),  # int() digit limit
     ({"files": files(png_bytes((8, 8))), "data": {"top_k": "[" * 5000}}, 400, "top_k"),  # JSON recursion limit
     ({"files": files(png_bytes((8, 8))), "data": {"model": "nope"}}, 404, "expected model to be one of"),
     ({"files": files(png_bytes((8, 8))), "data": {"model": EMBEDDER}}, 400, "expected a classifier model"),
-    ({"data": {"images": "http://169.254.169.254/latest/meta-data"}}, 400, "does not fetch URLs"),
+    ({"data": {"images": "http://169.254.169.254/latest/meta-data"}}, 400, "multipart/form-data"),
+    ({"files": files(png_bytes((8, 8))), "data": {"images": "http://169.254.169.254/"}}, 400, "does not fetch URLs"),
     ({"json": {"images": ["http://example.com/cat.jpg"]}}, 400, "images"),
     ({"content": b"--x\r\ngarbage", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, "'images'"),
-    ({"content": b"garbage", "headers": {"content-type": "multipart/form-data"}}, 400, "form body"),
-    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "JSON"),
+    ({"content": b"garbage", "headers": {"content-type": "multipart/form-data"}}, 400, "multipart/form-data"),
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "multipart/form-data"),
     ({"content": b"x" * (3 << 20), "headers": {"content-type": "multipart/form-data; boundary=x"}}, 413, "at most 2097152 bytes"),
 ], ids=lambda value: None)
 def test_bad_requests_get_a_4xx_json_error(client, chelsea_jpeg, request_kwargs, status, fragment):
@@ -122,13 +150,14 @@ def test_bad_requests_get_a_4xx_json_error(client, chelsea_jpeg, request_kwargs,
 @pytest.mark.parametrize("method, path", [("GET", "/classify"), ("PUT", "/embed"), ("DELETE", "/classify")])
 def test_other_methods_get_a_json_405(client, method, path):
     response = client.request(method, path)
-    body = assert_error(response, 405, f"expected POST with a multipart form to {path}, got {method}")
+    body = assert_error(response, 405, f"expected POST on {path}, got {method}")
     assert response.headers["allow"] == "POST" and body["got"] == method
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_unknown_paths_get_a_json_404_naming_the_routes(client, method):
     body = assert_error(client.request(method, "/clasify"), 404, "expected one of POST /classify, POST /embed")
+    assert "GET /models" in body["expected"]
     assert body["got"] == f"{method} /clasify"
     assert client.get("/livez").status_code == 200  # known routes untouched
 
@@ -157,21 +186,3 @@ def test_one_bad_image_names_its_position(client, chelsea_jpeg):
     assert_error(client.post("/embed", files=files(chelsea_jpeg, b"junk")), 400, "images[1]")
 
 
-def test_batcher_never_learns_to_hold_requests_back(client):
-    """After a burst whose batches queued for a second, BentoML's dispatcher would make a lone
-    request wait about that long for partners; graft pins that learned wait at 0 (greedy batching)."""
-    from bentoml._internal.marshal.dispatcher import Optimizer
-
-    optimizer = Optimizer(max_latency=10.0)
-    for batch in range(40):
-        optimizer.log_outbound(n=32, wait=1.0 + batch / 100, duration=0.4)
-    optimizer.trigger_refresh()
-    assert optimizer.wait == 0
-    assert optimizer.o_a > 0  # the cost model behind max-latency shedding is still learned
-
-
-def test_inference_responses_skip_per_call_schema_generation(client):
-    from graft.service.app import GraftInference
-
-    spec = GraftInference.apis["infer"].output_spec
-    assert spec.media_type == "application/json"  # stored once: BentoML returns it without a schema

@@ -1,0 +1,190 @@
+"""graft's batcher: one per ONNX Runtime session; greedy batches run in a dedicated thread.
+
+Requests hand it items (one preprocessed image each) and await one result per item. A batch starts
+as soon as the session is free and takes everything queued, up to `max_batch`: under load the
+queue fills while the previous batch runs, so batches grow with load and nobody waits for partners
+that may never come (Triton's dynamic batcher with a zero queue delay; infinity's `BatchHandler`).
+The session runs in one thread of its own (ONNX Runtime releases the GIL), so the event loop keeps
+parsing, decoding and answering meanwhile.
+
+Overload is refused, never queued without bound: a full queue answers 429 at once; an item that
+cannot finish before its deadline (from the measured time per batch) is answered 503 instead of
+run; an item whose request went away (its future cancelled) is dropped before it runs. An
+exception in a batch fails that batch's items only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from graft.service.errors import TooManyRequests, Unavailable
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[list[Any]], Sequence[Any]]
+"""Runs one batch of item payloads in the batcher's thread; returns one result per payload."""
+
+
+@dataclass(eq=False)
+class _Item:
+    payload: Any
+    future: asyncio.Future
+    deadline: float  # time.monotonic() by which the result is needed
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class BatchObserver:
+    """What the batcher reports; `graft.service.metrics` records it in Prometheus."""
+
+    def queue_depth(self, depth: int) -> None: ...
+
+    def batch(self, size: int, queued_seconds: Sequence[float], run_seconds: float) -> None: ...
+
+    def shed(self, reason: str, count: int) -> None: ...
+
+
+class Batcher:
+    """Queue items for `run` and execute them in greedy batches on a dedicated thread.
+
+    Args:
+        name: used for the thread's name and in messages.
+        run: the batch function (e.g. stack, ONNX Runtime, split); called in the batcher's thread.
+        max_batch: most items in one call of `run`.
+        max_queue: most items waiting; `submit` refuses more with `TooManyRequests` (429).
+        observer: receives queue depth, batch sizes, times and shed counts.
+    """
+
+    def __init__(
+        self, name: str, run: RunBatch, *, max_batch: int, max_queue: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError(f"expected max_batch and max_queue >= 1, got {max_batch} and {max_queue}")
+        self.name = name
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._run = run
+        self._observer = observer or BatchObserver()
+        self._queue: deque[_Item] = deque()
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"graft-batch-{name}")
+        # Seconds per item of a batch, a moving average over finished batches; 0 until the first
+        # batch has run, so nothing is shed on a guess.
+        self._per_item = 0.0
+
+    @property
+    def depth(self) -> int:
+        """Items waiting (not counting the batch running now)."""
+        return len(self._queue)
+
+    async def submit(self, payloads: Sequence[Any], *, deadline: float) -> list[Any]:
+        """Queue `payloads` (one request's items) and return their results, in order.
+
+        Args:
+            payloads: what `run` receives for each item.
+            deadline: `time.monotonic()` by which results are needed; items that cannot meet it
+                are answered `Unavailable` (503) without running.
+
+        Raises:
+            TooManyRequests: the queue cannot take this many more items.
+            Unavailable: an item would miss its deadline.
+            Exception: whatever `run` raised for this request's batch.
+        """
+        if len(self._queue) + len(payloads) > self.max_queue:
+            self._observer.shed("queue_full", len(payloads))
+            raise TooManyRequests(
+                expected=f"at most {self.max_queue} images waiting for model {self.name!r}",
+                got=f"{len(self._queue)} waiting and {len(payloads)} more; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self._start()
+        loop = asyncio.get_running_loop()
+        items = [_Item(payload, loop.create_future(), deadline) for payload in payloads]
+        self._queue.extend(items)
+        self._observer.queue_depth(len(self._queue))
+        self._ready.set()
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        except BaseException:
+            # The request failed or went away: its other items need not run.
+            for item in items:
+                item.future.cancel()
+            raise
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._ready = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"graft-batcher-{self.name}")
+
+    def _take(self) -> list[_Item]:
+        """Up to `max_batch` live items from the queue's head; shed the ones that cannot make it."""
+        batch: list[_Item] = []
+        late = 0
+        now = time.monotonic()
+        while self._queue and len(batch) < self.max_batch:
+            item = self._queue.popleft()
+            if item.future.done():  # cancelled: its request went away or already failed
+                continue
+            # The batch starts now (the session is free) and grows by this item.
+            finish = now + (len(batch) + 1) * self._per_item
+            if finish > item.deadline:
+                late += 1
+                item.future.set_exception(Unavailable(
+                    expected=f"capacity to answer within the request's latency budget on model {self.name!r}",
+                    got=f"an estimated {1000 * (finish - item.enqueued):.0f} ms; retry shortly",
+                    headers={"Retry-After": "1"},
+                ))
+                continue
+            batch.append(item)
+        if late:
+            self._observer.shed("deadline", late)
+        self._observer.queue_depth(len(self._queue))
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._ready.clear()
+                await self._ready.wait()
+            batch = self._take()
+            if not batch:
+                continue
+            started = time.monotonic()
+            try:
+                results = await loop.run_in_executor(self._thread, self._run, [item.payload for item in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"expected {len(batch)} results from the batch, got {len(results)}")
+            except Exception as error:  # fails this batch's requests only; the loop goes on
+                log.exception("batch of %d on %s failed", len(batch), self.name)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                continue
+            elapsed = time.monotonic() - started
+            for item, result in zip(batch, results):
+                if not item.future.done():
+                    item.future.set_result(result)
+            self._learn(len(batch), elapsed)
+            self._observer.batch(len(batch), [started - item.enqueued for item in batch], elapsed)
+
+    def _learn(self, size: int, seconds: float) -> None:
+        per_item = seconds / size
+        weight = 0.2 if self._per_item else 1.0
+        self._per_item += weight * (per_item - self._per_item)
+
+    def close(self) -> None:
+        """Stop the loop and the thread (pending items are cancelled)."""
+        if self._task is not None:
+            self._task.cancel()
+        for item in self._queue:
+            item.future.cancel()
+        self._queue.clear()
+        self._thread.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,62 @@
+"""One served artifact at run time: its ONNX Runtime session (`Runner`) behind its batcher.
+
+Routes hand an engine preprocessed images and get one result per image; the engine's batch
+function runs in the batcher's thread: stack, run the session, softmax, split.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from graft.artifact.runtime import Runner
+from graft.service.batcher import Batcher
+from graft.service.config import ServeConfig
+from graft.service.metrics import metrics
+from graft.service.models import ServedModel
+
+
+class Engine:
+    """A served model's session and batcher.
+
+    Building one verifies the model's hash and loads its session, so a broken artifact fails here,
+    at start; `warmup` runs every batch bucket once before the service says it is ready.
+    """
+
+    def __init__(self, model: ServedModel, config: ServeConfig) -> None:
+        self.model = model
+        self.name = model.name
+        self.manifest = model.manifest
+        self.runner = Runner(
+            model.directory, model.manifest, name=model.name, buckets=config.batch_buckets(),
+            providers=config.providers, intra_op_threads=config.session_threads(),
+            trt_cache_dir=config.trt_cache_dir, intra_op_spinning=config.intra_op_spinning,
+        )
+        self.batcher = Batcher(
+            model.name, self._run_batch, max_batch=config.max_batch_size, max_queue=config.max_queue,
+            observer=metrics().observer(model.name),
+        )
+
+    def _run_batch(self, inputs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return self.runner.postprocess(self.runner.infer(np.stack(inputs)))
+
+    async def infer(self, inputs: list[np.ndarray], *, deadline: float) -> list[dict[str, np.ndarray]]:
+        """Results (`embedding`; classifiers add `logits`, `probabilities`) for float32 [3, H, W]
+        inputs, in order, batched with every other request on this model."""
+        return await self.batcher.submit(inputs, deadline=deadline)
+
+    def warmup(self) -> None:
+        self.runner.warmup()
+
+    def summary(self) -> dict:
+        """What `GET /models` reports: the manifest's summary and the provider the session runs on."""
+        return {**self.model.summary(), "provider": self.runner.provider}
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+def deadline_after(milliseconds: float, start: float | None = None) -> float:
+    """A `time.monotonic()` deadline `milliseconds` after `start` (default: now)."""
+    return (time.monotonic() if start is None else start) + milliseconds / 1000
