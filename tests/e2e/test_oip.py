@@ -223,7 +223,8 @@ MALFORMED = {
     "wrong shape": lambda jpeg: json_request(fp32([1, 3, 8, 8], data=[0.0] * 192)),
     "shape vs data": lambda jpeg: json_request(fp32([1, 3, 224, 224], data=[0.0] * 10)),
     "negative dim": lambda jpeg: json_request(fp32([-1, 3, 224, 224], data=[0.0])),
-    "bytes 2-d": lambda jpeg: json_request({"name": "images", "datatype": "BYTES", "shape": [1, 2], "data": ["a", "b"]}),
+    "bytes 2-d": lambda jpeg: json_request(
+        {"name": "images", "datatype": "BYTES", "shape": [1, 2], "data": ["a", "b"]}),
     "not base64": lambda jpeg: json_request({"name": "images", "datatype": "BYTES", "shape": [1], "data": ["@@@"]}),
     "not an image": lambda jpeg: json_request(
         {"name": "images", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(b"hello").decode()]}),

@@ -253,6 +253,8 @@ def length_prefixed(*elements: bytes) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
+ZEROS = b"\0" * 4  # one FP32 element's bytes
+
 MALFORMED = {
     "not json": (b"{inputs: oops", None),
     "json array": (b"[1, 2]", None),
@@ -278,10 +280,10 @@ MALFORMED = {
     "bytes not strings": (document({"name": "b", "datatype": "BYTES", "shape": [1], "data": [1]}), None),
     "bytes count": (document({"name": "b", "datatype": "BYTES", "shape": [2], "data": ["a"]}), None),
     "no data": (document(fp32([1])), None),
-    "data and binary": (with_binary({"inputs": [fp32([1], data=[1.0], parameters={"binary_data_size": 4})]}, b"\0" * 4)),
-    "shared memory": (document(fp32([1], parameters={"shared_memory_region": "r", "shared_memory_byte_size": 4})), None),
-    "header length past the body": with_binary({"inputs": [fp32([1], parameters={"binary_data_size": 4})]}, b"\0" * 4, 100),
-    "header length short": with_binary({"inputs": [fp32([1], parameters={"binary_data_size": 4})]}, b"\0" * 4, -1),
+    "data and binary": with_binary({"inputs": [fp32([1], data=[1.0], parameters={"binary_data_size": 4})]}, ZEROS),
+    "shared memory": (document(fp32([1], parameters={"shared_memory_region": "r"})), None),
+    "header length past the body": with_binary({"inputs": [fp32([1], parameters={"binary_data_size": 4})]}, ZEROS, 100),
+    "header length short": with_binary({"inputs": [fp32([1], parameters={"binary_data_size": 4})]}, ZEROS, -1),
     "header length not a number": (document(fp32([1], data=[1.0])), "twelve"),
     "header length negative": (document(fp32([1], data=[1.0])), "-5"),
     "header length huge": (document(fp32([1], data=[1.0])), "9" * 5000),
@@ -323,7 +325,8 @@ def test_malformed_requests_are_bad_requests(body, header_length):
 
 
 def images(*elements: str, shape=None) -> bytes:
-    return document({"name": "images", "datatype": "BYTES", "shape": [len(elements)] if shape is None else shape, "data": list(elements)})
+    shape = [len(elements)] if shape is None else shape
+    return document({"name": "images", "datatype": "BYTES", "shape": shape, "data": list(elements)})
 
 
 def test_model_input_refuses_what_the_model_cannot_run(model, pixels, jpegs):
@@ -331,7 +334,7 @@ def test_model_input_refuses_what_the_model_cannot_run(model, pixels, jpegs):
     refused = {
         "two inputs": parse([images_input(jpegs), tensor_input(pixels)]),
         "int64": parse_infer_request(document({"name": "x", "datatype": "INT64", "shape": [1], "data": [1]})),
-        "fp64": parse_infer_request(document(fp32([1, 3, height, width], datatype="FP64", data=[0.0] * (3 * height * width)))),
+        "fp64": parse([InferInput("x", list(pixels.shape), "FP64").set_data_from_numpy(pixels.astype(np.float64))]),
         "fp32 wrong size": parse([tensor_input(pixels[:, :, :100, :100])]),
         "fp32 wrong rank": parse([tensor_input(pixels[0])]),
         "fp32 empty batch": parse([tensor_input(pixels[:0])]),
