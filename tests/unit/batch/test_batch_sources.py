@@ -1,0 +1,48 @@
+"""Input and model resolution on the driver, before any Ray is started."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from graft.batch.sources import BatchInputError, FileSource, ParquetSource, resolve_model, resolve_source
+
+
+def test_folder_tree_lists_every_visible_file(tmp_path):
+    (tmp_path / "a" / ".hidden").mkdir(parents=True)
+    for name in ("a/x.jpg", "a/y.txt", "z.png", ".DS_Store", "a/.hidden/w.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    source = resolve_source(str(tmp_path))
+    assert isinstance(source, FileSource)
+    assert [p.removeprefix(str(tmp_path)) for p in source.paths] == ["/a/x.jpg", "/a/y.txt", "/z.png"]
+
+
+def test_glob_and_single_file(tmp_path):
+    for name in ("1.jpg", "2.jpg", "3.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert len(resolve_source(f"{tmp_path}/*.jpg").paths) == 2
+    assert resolve_source(str(tmp_path / "3.png")).paths == (str(tmp_path / "3.png"),)
+    with pytest.raises(BatchInputError, match="expected image files"):
+        resolve_source(f"{tmp_path}/*.gif")
+
+
+def test_parquet_columns_detected_or_refused(tmp_path):
+    pq.write_table(pa.table({"path": ["a"], "image": pa.array([b"x"], pa.binary())}), tmp_path / "both.parquet")
+    assert resolve_source(str(tmp_path / "both.parquet")) == ParquetSource(str(tmp_path / "both.parquet"), "image", "path")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    pq.write_table(pa.table({"file": ["a.jpg"], "n": [1]}), folder / "part-0.parquet")
+    assert resolve_source(str(folder)) == ParquetSource(str(folder), None, "file")
+    pq.write_table(pa.table({"n": [1]}), tmp_path / "none.parquet")
+    with pytest.raises(BatchInputError, match="expected a binary image-bytes column"):
+        resolve_source(str(tmp_path / "none.parquet"))
+    with pytest.raises(BatchInputError, match="--column"):
+        resolve_source(str(tmp_path / "both.parquet"), column="nope")
+
+
+def test_missing_input_and_model(tmp_path):
+    with pytest.raises(BatchInputError, match="does not exist"):
+        resolve_source(str(tmp_path / "nothing"))
+    with pytest.raises(BatchInputError, match="manifest.json"):
+        resolve_model(str(tmp_path))
