@@ -75,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="py-spy the servers during the /classify cells at 16 clients (perturbs those figures)")
     service.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
     service.set_defaults(handler=run_service)
+    register_batch(what)
 
 
 def _finish(result: dict, out: Path, plots: list[Path]) -> None:
@@ -138,4 +139,68 @@ def run_service(args: argparse.Namespace) -> int:
     missed = [t["name"] for t in result["targets"] if t["met"] is False]
     if missed:
         logger.warning("targets missed: %s", "; ".join(missed))
+    return 0
+
+
+def register_batch(what: argparse._SubParsersAction) -> None:
+    """`graft bench batch`: `graft batch embed` on Ray Data vs the in-process pipeline ceiling, one run."""
+    batch = what.add_parser(
+        "batch", help="graft batch embed (Ray Data) vs the in-process pipeline ceiling on the same JPEGs",
+        description="Write a collection of real JPEGs (scikit-image photos at the given sizes, repeated), "
+        "measure the in-process pipeline ceiling on the same bytes, then run `graft batch embed` on a local Ray.",
+    )
+    batch.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="artifact directory (default: %(default)s)")
+    batch.add_argument("--images", type=_positive(int), default=2000, help="files in the collection (default: %(default)s)")
+    batch.add_argument("--sizes", default="224,640", help="JPEG sizes mixed in the collection (default: %(default)s)")
+    batch.add_argument("--seconds", type=_positive(float), default=5.0, help="ceiling: seconds per batch size (default: %(default)s)")
+    batch.add_argument("--batch-size", type=_positive(int), default=32, help="graft batch: images per ORT call (default: %(default)s)")
+    batch.add_argument("--work", type=Path, default=Path("artifacts/bench-batch"),
+                       help="where the collection is written and reused (default: %(default)s)")
+    batch.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
+    batch.set_defaults(handler=run_batch)
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    import shutil
+    import time
+
+    from graft.batch.job import JobConfig, run_job
+    from graft.benchmarks.images import make_jpegs
+    from graft.benchmarks.pipeline import pipeline_ceiling
+    from graft.benchmarks.report import environment, results_dir
+
+    sizes = tuple(s.strip() for s in args.sizes.split(",") if s.strip())
+    unique = [p for size in sizes for p in make_jpegs(args.work / "jpegs", sizes)[size]]
+    collection = args.work / f"collection-{args.images}-{'-'.join(sizes)}"
+    if not collection.is_dir():
+        collection.mkdir(parents=True)
+        for i in range(args.images):  # the same real photos over and over: decode cost is what matters
+            shutil.copyfile(unique[i % len(unique)], collection / f"{i:06d}-{unique[i % len(unique)].name}")
+    out, env = results_dir(args.out), environment()
+    env["load_average_start"] = os.getloadavg()
+    ceiling = pipeline_ceiling(args.model, [p.read_bytes() for p in unique], seconds=args.seconds)
+    logger.info("ceiling: %.1f images/s at batch %d", ceiling.images_per_second, ceiling.batch_size)
+    started = time.perf_counter()
+    summary = run_job(JobConfig(task="embed", model=str(args.model), input=str(collection), output=out / "embeddings",
+                                batch_size=args.batch_size, overwrite=True, progress=False))
+    command_seconds = time.perf_counter() - started
+    env["load_average_end"] = os.getloadavg()
+    ratio = summary.images_per_second / ceiling.images_per_second
+    result = {
+        "kind": "batch", "command": shlex.join(["graft", *sys.argv[1:]]), "environment": env,
+        "ceiling": ceiling.to_dict(), "batch": dataclasses.asdict(summary),
+        "batch_command_seconds": round(command_seconds, 2),
+        "ratio_to_ceiling": round(ratio, 3), "target_0_7_met": ratio >= 0.7,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(
+        f"| pipeline ceiling (in-process, batch {ceiling.batch_size}) | {ceiling.images_per_second:.1f} images/s |\n"
+        f"| graft batch embed, pipeline ({summary.images} images, {summary.actors} actor) | "
+        f"{summary.images_per_second:.1f} images/s ({ratio:.2f}x) |\n"
+        f"| graft batch embed, whole command incl. Ray start ({command_seconds:.1f} s) | "
+        f"{summary.images / command_seconds:.1f} images/s ({summary.images / command_seconds / ceiling.images_per_second:.2f}x) |\n"
+        f"load average start {env['load_average_start']}, end {env['load_average_end']}; results: {out}"
+    )
     return 0
