@@ -56,7 +56,8 @@ def _hidden(name: str) -> bool:
 
 def _walk(root: Path) -> list[str]:
     files = []
-    for folder, dirs, names in os.walk(root, followlinks=True):
+    # Symlinked folders are not followed: a link back up the tree would make the walk endless.
+    for folder, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if not _hidden(d)]
         files.extend(os.path.join(folder, name) for name in names if not _hidden(name))
     return sorted(files)
