@@ -75,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="py-spy the servers during the /classify cells at 16 clients (perturbs those figures)")
     service.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
     service.set_defaults(handler=run_service)
+    register_heads(what)
     register_batch(what)
 
 
@@ -203,4 +204,55 @@ def run_batch(args: argparse.Namespace) -> int:
         f"{summary.images / command_seconds:.1f} images/s ({summary.images / command_seconds / ceiling.images_per_second:.2f}x) |\n"
         f"load average start {env['load_average_start']}, end {env['load_average_end']}; results: {out}"
     )
+    return 0
+
+
+SECRET_OPTIONS = ("--token", "--api-key")
+
+
+def register_heads(what: argparse._SubParsersAction) -> None:
+    """`graft bench heads`: heads fitted through a running service's POST /heads, on Fashion-MNIST."""
+    heads = what.add_parser(
+        "heads", help="POST /heads on a running service: fit time and test accuracy at k=5..50, one head vs ten",
+        description="Against a running graft service (loopback only) with an admin token: fit heads on k "
+        "Fashion-MNIST training images per class, classify the 10,000-image test split with each, then time "
+        "the same images through one head vs ten. The heads it fits are deleted at the end.",
+    )
+    heads.add_argument("--url", default="http://127.0.0.1:3000", help="the service (default: %(default)s)")
+    heads.add_argument("--token", default=os.environ.get("GRAFT_ADMIN_TOKEN"),
+                       help="the service's admin token (default: $GRAFT_ADMIN_TOKEN)")
+    heads.add_argument("--api-key", default=os.environ.get("GRAFT_API_KEY"),
+                       help="an inference API key, if the service requires one (default: $GRAFT_API_KEY)")
+    heads.add_argument("--shots", type=_int_list, default=(5, 10, 20, 50), help="images per class (default 5,10,20,50)")
+    heads.add_argument("--test-images", type=_positive(int), help="classify only the first N test images (default: all)")
+    heads.add_argument("--concurrency", type=_positive(int), default=4, help="/classify requests in flight (default: %(default)s)")
+    heads.add_argument("--seed", type=int, default=0, help="seeds the training images chosen (default: %(default)s)")
+    heads.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
+    heads.set_defaults(handler=run_heads)
+
+
+def run_heads(args: argparse.Namespace) -> int:
+    from graft.benchmarks.heads_bench import HeadsBench, Plan, markdown
+    from graft.benchmarks.load import require_loopback
+    from graft.benchmarks.report import environment, results_dir, write_json
+
+    if not args.token:
+        raise SystemExit("graft bench heads: expected an admin token (--token or GRAFT_ADMIN_TOKEN), got none")
+    require_loopback(args.url)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    out, env = results_dir(args.out), environment()
+    plan = Plan(shots=args.shots, seed=args.seed, test_images=args.test_images, concurrency=args.concurrency)
+    result = HeadsBench(args.url, args.token, plan, api_key=args.api_key).run()
+    env["load_average_end"] = os.getloadavg()
+    argv, secret_next = [], False
+    for arg in sys.argv[1:]:  # never write a secret into the results
+        option = arg.split("=", 1)[0]
+        argv.append("***" if secret_next else f"{option}=***" if option in SECRET_OPTIONS and "=" in arg else arg)
+        secret_next = arg in SECRET_OPTIONS
+    result = {**result, "command": shlex.join(["graft", *argv]), "environment": env}
+    write_json(out / "results.json", result)
+    text = markdown(result)
+    (out / "results.md").write_text(text)
+    logger.info("results: %s (results.json, results.md)", out)
+    print(text)
     return 0
