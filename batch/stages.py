@@ -50,9 +50,11 @@ def decode(
     # NOTE: "" stands for "none" between the stages: a column of only None reaches the next stage
     # as float NaNs once Ray Data has converted the batch to Arrow and back.
     errors = [""] * count
-    paths = [str(p) for p in batch[path_column]] if path_column else [""] * count
+    paths = [p if isinstance(p, str) else "" for p in batch[path_column]] if path_column else [""] * count
     for i in range(count):
         try:
+            if not bytes_column and not paths[i]:
+                raise ValueError("expected an image path, got null")
             data = batch[bytes_column][i] if bytes_column else Path(paths[i]).read_bytes()
             if data is None:
                 raise ValueError("expected image bytes, got null")

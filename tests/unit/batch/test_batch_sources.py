@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -46,3 +47,16 @@ def test_missing_input_and_model(tmp_path):
         resolve_source(str(tmp_path / "nothing"))
     with pytest.raises(BatchInputError, match="manifest.json"):
         resolve_model(str(tmp_path))
+
+
+def test_decode_stage_turns_null_and_missing_paths_into_errors(tmp_path, photo_jpegs):
+    from graft.artifact.preprocessing import PreprocessingSpec
+    from graft.batch.stages import decode
+
+    spec = PreprocessingSpec(input_size=(224, 224), resize_size=256)
+    paths = np.array([None, str(tmp_path / "missing.jpg"), str(photo_jpegs["coffee"])], dtype=object)
+    out = decode({"path": paths, "id": np.arange(3)}, spec=spec, max_pixels=None, bytes_column=None, path_column="path")
+    assert out["error"][0] == "ValueError: expected an image path, got null"
+    assert out["error"][1].startswith("FileNotFoundError")
+    assert out["error"][2] == "" and out["pixels"][2].any() and not out["pixels"][0].any()
+    assert out["id"].tolist() == [0, 1, 2] and out["pixels"].shape == (3, 224, 224, 3)
