@@ -115,7 +115,8 @@ class HeadStore:
                 continue
             self._served[name] = ServedHead(head, backbone_name)
             return
-        served = ", ".join(f"{n} (sha256 {m.sha256.get('model', '?')[:12]})" for n, m in sorted(self._backbones.items()))
+        served = ", ".join(f"{served_name} (sha256 {manifest.sha256.get('model', '?')[:12]})"
+                           for served_name, manifest in sorted(self._backbones.items()))
         raise HeadError(
             f"head {name} ({directory}) was fitted on backbone {ref.name} version {ref.version} "
             f"(model.onnx sha256 {ref.sha256[:12]}), which is not served; served: {served or 'none'}. "

@@ -63,7 +63,8 @@ def test_put_serves_at_once_and_survives_a_restart(tmp_path, backbones, classifi
     assert [name for name, _ in store.items()] == ["shirts", "shoes"] and len(store) == 2 and "shoes" in store
 
     restarted = store_on(tmp_path / "heads", backbones)
-    assert [(name, served.backbone) for name, served in restarted.items()] == [("shirts", embedder), ("shoes", classifier)]
+    bound = [(name, served.backbone) for name, served in restarted.items()]
+    assert bound == [("shirts", embedder), ("shoes", classifier)]
     reloaded = restarted.get("shoes").head
     assert reloaded.spec == on_classifier.spec
     embeddings = np.random.default_rng(0).normal(size=(4, backbones[classifier].embedding_dim)).astype(np.float32)
