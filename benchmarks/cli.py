@@ -75,8 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="py-spy the servers during the /classify cells at 16 clients (perturbs those figures)")
     service.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
     service.set_defaults(handler=run_service)
-    register_heads(what)
     register_batch(what)
+    register_heads(what)
 
 
 def _finish(result: dict, out: Path, plots: list[Path]) -> None:
