@@ -40,7 +40,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from graft.artifact.errors import GraftError
-from graft.artifact.manifest import Manifest
+from graft.artifact.manifest import Manifest, ParityFigures
 from graft.artifact.outputs import move_into_place
 
 SCHEMA_VERSION = 1
@@ -120,6 +120,8 @@ class HeadSpec:
     provenance: Provenance
     sha256: dict[str, str]
     """`weights`: `weights_sha256` of the arrays in weights.npz."""
+    parity: ParityFigures | None = None
+    """Heads exported from a run: the head on the backbone artifact vs the run's PyTorch model."""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -271,6 +273,7 @@ def make_head(
     provenance: Provenance,
     mean: np.ndarray | None = None,
     scale: np.ndarray | None = None,
+    parity: ParityFigures | None = None,
 ) -> Head:
     """Build and validate a head; `mean`/`scale` default to 0/1 (no standardisation).
 
@@ -287,7 +290,7 @@ def make_head(
     }
     try:
         spec = HeadSpec(name=name, labels=tuple(labels), embedding_dim=dim, backbone=ref,
-                        provenance=provenance, sha256={"weights": weights_sha256(arrays)})
+                        provenance=provenance, sha256={"weights": weights_sha256(arrays)}, parity=parity)
     except (ValidationError, ValueError) as error:
         raise HeadError(f"head {name!r}: {error}") from None
     return Head(spec, **arrays)

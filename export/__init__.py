@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from graft.export.api import export_backbone, export_run
+    from graft.export.head import export_head
     from graft.export.errors import ExportError, OutputExists, ParityError, RegistrationError
     from graft.export.register import register_artifact
 
 _LAZY = {
     "export_backbone": "graft.export.api",
     "export_run": "graft.export.api",
+    "export_head": "graft.export.head",
     "register_artifact": "graft.export.register",
     "ExportError": "graft.export.errors",
     "OutputExists": "graft.export.errors",

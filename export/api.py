@@ -29,6 +29,7 @@ from graft.export import graph, parity
 from graft.export.errors import ExportError, OutputExists
 from graft.models.backbones import Backbone, WeightsChoice, get_backbone, imagenet_labels
 from graft.models.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+from graft.models.weights import describe_weights
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,7 @@ def export_backbone(
     with torch.random.fork_rng():
         torch.manual_seed(0)  # random init is reproducible: the same command gives the same artifact
         backbone, source = entry.create(weights=weights)
-    source_file = Path(source)
-    weights_sha = sha256_file(source_file) if source_file.is_file() else None
+    description, weights_sha = describe_weights(source)
     labels: tuple[str, ...] = ()
     if not headless:
         labels = tuple(imagenet_labels())
@@ -95,7 +95,7 @@ def export_backbone(
             labels=labels,
             preprocessing=entry.preprocessing,
             weights=WeightsInfo(
-                source="none (random init, untrained)" if untrained else source,
+                source="none (random init, untrained)" if untrained else description,
                 pretrained=not untrained,
                 sha256=weights_sha,
             ),
@@ -120,6 +120,8 @@ def export_run(
     """Export a `graft train` run dir as a classifier (`logits` and `embedding` from one forward).
 
     The parity gate adds up to `validation_limit` of the run's validation images to the photos.
+    The model's name (what the service serves it as) is `model_name`, else `out`'s last path
+    component.
 
     Raises:
         CheckpointError: no checkpoint, or one whose head or weights disagree with its backbone/labels.
@@ -145,14 +147,13 @@ def export_run(
         _Source(
             backbone=backbone,
             backbone_name=checkpoint.backbone,
-            name=model_name or _tag_safe(run_dir.resolve().name),
+            # The served name is what the user chose as --out (artifacts/photos -> "photos"), not the
+            # run dir's name: a model served under a name nobody typed cost users a 404.
+            name=model_name or _tag_safe(Path(out).resolve().name),
             labels=tuple(checkpoint.labels),
             preprocessing=checkpoint.preprocessing,
-            weights=WeightsInfo(
-                source=f"graft run {run_dir.resolve()} (fine-tuned from {checkpoint.weights_source})",
-                pretrained=checkpoint.pretrained,
-                sha256=checkpoint_sha,
-            ),
+            weights=WeightsInfo(source=_run_provenance(run_dir, checkpoint), pretrained=checkpoint.pretrained,
+                                sha256=checkpoint_sha),
             source_sha256={"checkpoint": checkpoint_sha},
             metrics=_read_json(run_dir / "metrics.json"),
             validation=_validation_images(config, checkpoint.preprocessing, validation_limit),
@@ -162,6 +163,19 @@ def export_run(
         fp16=fp16,
         overwrite=overwrite,
     )
+
+
+def _run_provenance(run_dir: Path, checkpoint) -> str:
+    """What the weights are, by run name, strategy and the starting weights' package/hash (no paths)."""
+    start = checkpoint.weights_source
+    if Path(start).is_file():  # runs from before provenance named packages recorded a local path
+        start = describe_weights(start)[0]
+    how = {
+        "feature-extract": f"linear head trained on the frozen {checkpoint.backbone} ({start})",
+        "fine-tune": f"{checkpoint.backbone} fine-tuned from {start}",
+        "scratch": f"{checkpoint.backbone} trained from random init",
+    }.get(checkpoint.strategy, f"{checkpoint.strategy} from {start}")
+    return f"graft run {run_dir.resolve().name}: {how}"
 
 
 def _export(source: _Source, out: Path, *, headless: bool, fp16: bool, overwrite: bool) -> Manifest:
@@ -236,7 +250,7 @@ def _validation_images(config: dict | None, spec: PreprocessingSpec, limit: int)
     try:
         val = load_splits(
             data, seed=args.get("seed", 0), limit_train=args.get("limit_train"),
-            limit_val=args.get("limit_val"), min_side=spec.resize_size,
+            limit_val=args.get("limit_val"), min_side=spec.resize_size, warn=False,
         ).val
     except DataError as error:
         log.warning("parity gate without the run's evaluation images: %s", error)

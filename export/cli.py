@@ -24,12 +24,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="artifact directory to create")
     parser.add_argument("--headless", action="store_true", help="--backbone only: export an embedder (no head)")
     parser.add_argument(
+        "--head-only", action="store_true",
+        help="--run only (feature-extract runs): write a head artifact (head.json + weights.npz) for the "
+             "stock backbone artifact given by --backbone-artifact, instead of a whole model",
+    )
+    parser.add_argument("--backbone-artifact", metavar="DIR",
+                        help="--head-only: the stock artifact the head attaches to (graft export --backbone NAME)")
+    parser.add_argument(
         "--weights", default="pretrained", metavar="pretrained|none|PATH",
         help="--backbone only: 'pretrained' (default), 'none' (random init, recorded as untrained) or a state dict file",
     )
     parser.add_argument("--fp16", action="store_true", help="store a float16 model (float32 inputs/outputs) for GPU serving")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory at --out")
-    parser.add_argument("--name", help="the model's name in the manifest (default: backbone or run dir name)")
+    parser.add_argument("--name", help="the name it is served as (default: --out's last path component; "
+                                       "--backbone: the backbone name)")
     parser.add_argument("--register", action="store_true", help="also import the artifact into the BentoML model store")
     parser.set_defaults(handler=_export)
 
@@ -47,6 +55,8 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.run and (args.headless or args.weights != "pretrained"):
         raise ExportError("expected --headless/--weights only with --backbone, got them with --run")
+    if args.head_only or args.backbone_artifact:
+        return _export_head(args)
     if args.backbone:
         manifest = export_backbone(
             args.backbone, args.out, headless=args.headless, weights=args.weights,
@@ -60,8 +70,26 @@ def _export(args: argparse.Namespace) -> int:
             precision, figures.images, figures.max_abs_diff, figures.top1_agreement,
         )
     log.info("artifact %s: %s %s, version %s", args.out, manifest.name, manifest.task, manifest.version)
+    print(f"{args.out}: served as {manifest.name}")  # the name /classify's `model` field takes
     if args.register:
         _register(argparse.Namespace(artifact=args.out))
+    return 0
+
+
+def _export_head(args: argparse.Namespace) -> int:
+    from graft.export.errors import ExportError
+    from graft.export.head import export_head
+
+    if not (args.run and args.head_only and args.backbone_artifact):
+        given = [flag for flag, value in (("--run", args.run), ("--backbone", args.backbone), ("--head-only", args.head_only),
+                                          ("--backbone-artifact", args.backbone_artifact)) if value]
+        raise ExportError(f"expected --run RUN --head-only --backbone-artifact DIR together, got {' '.join(given)}")
+    if args.fp16 or args.register:
+        raise ExportError("expected no --fp16/--register with --head-only (a head is numpy weights), got them")
+    head = export_head(args.run, args.out, backbone_artifact=args.backbone_artifact, name=args.name,
+                       overwrite=args.overwrite)
+    backbone = head.spec.backbone
+    print(f"{args.out}: head served as {head.name} on {backbone.name} (version {backbone.version})")
     return 0
 
 

@@ -3,10 +3,12 @@
 An `ImageSet` is a list of labelled images that loads one PIL image at a time; it never resizes or
 normalises (that is `artifact.preprocessing` for evaluation and `models.features` for training).
 
-Bad-file policy: files that cannot be decoded as images (stray text files, truncated JPEGs) are
-**skipped with a logged count** (the first few named) and the count is recorded in the run's
-metrics. A class left with no readable image, or fewer than two classes, is an error, because
-then the run could not mean what the user asked for.
+Bad-file policy: files without an image extension (`notes.txt`, `.DS_Store`, `labels.csv`) are
+not candidates at all: they are **ignored quietly and counted**. Files with an image extension that
+cannot be decoded (truncated JPEGs, mislabelled files) are **skipped with a warning** naming the
+first few, and every one is named (relative to the data folder) in the run's metrics. A class left
+with no readable image, or fewer than two classes, is an error, because then the run could not
+mean what the user asked for.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_LABELS = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+"""What an image folder's files must end with (case-insensitive) to be candidate images."""
 VAL_FRACTION = 0.2
 """Share of each class held out for evaluation when an image folder has no train/val split."""
 
@@ -123,7 +127,14 @@ class Splits:
     """Where the data came from, for config.json."""
     split: str
     """How the evaluation set was chosen, for config.json."""
-    skipped_files: int = 0
+    unreadable_files: tuple[str, ...] = ()
+    """Files with an image extension that did not decode, relative to the data folder."""
+    ignored_files: int = 0
+    """Files without an image extension (not candidates), counted over the scanned folders."""
+
+    @property
+    def skipped_files(self) -> int:
+        return len(self.unreadable_files)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -179,28 +190,35 @@ def fashion_mnist(split: str, root: Path = FASHION_MNIST_DIR) -> ArrayImages:
 
 
 # ---- image folders -------------------------------------------------------------------------------
-def _scan_folder(root: Path) -> FileImages:
-    """One sub-folder per class (sorted names); every non-hidden file below it is a candidate image."""
+def _scan_folder(root: Path) -> tuple[FileImages, int]:
+    """One sub-folder per class (sorted names); every non-hidden file below it with an image
+    extension is a candidate image. Returns the images and the number of other files ignored."""
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise DataError(
             f"expected an image folder with at least 2 class sub-folders in {root}, got {len(classes)}"
         )
-    paths, targets = [], []
+    paths, targets, ignored = [], [], 0
     for index, folder in enumerate(classes):
-        files = sorted(
-            p for p in folder.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        )
-        if not files:
-            raise DataError(f"expected images in every class folder, got none in {folder}")
-        paths.extend(files)
-        targets.extend([index] * len(files))
-    return FileImages([c.name for c in classes], np.array(targets), paths)
+        files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                 and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+        images = sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
+        ignored += len(files) - len(images)
+        if not images:
+            raise DataError(
+                f"expected images in every class folder ({', '.join(sorted(IMAGE_EXTENSIONS))}), got none in {folder}"
+            )
+        paths.extend(images)
+        targets.extend([index] * len(images))
+    return FileImages([c.name for c in classes], np.array(targets), paths), ignored
 
 
-def drop_unreadable(images: FileImages, min_side: int | None, name: str) -> tuple[FileImages, int]:
-    """Decode every file once; drop (and log) those that are not complete images.
+def drop_unreadable(images: FileImages, min_side: int | None, name: str, *,
+                    warn: bool = True) -> tuple[FileImages, list[Path]]:
+    """Decode every file once; drop (and log, at WARNING if `warn`) those that are not complete images.
+
+    Returns:
+        The readable images and the paths of the unreadable ones.
 
     Raises:
         DataError: a class has no readable image left.
@@ -214,28 +232,30 @@ def drop_unreadable(images: FileImages, min_side: int | None, name: str) -> tupl
             bad.append((path, error))
     if bad:
         shown = "; ".join(f"{p}: {e}" for p, e in bad[:3])
-        log.warning("skipped %d unreadable file(s) in the %s set, e.g. %s", len(bad), name, shown)
+        log.log(logging.WARNING if warn else logging.DEBUG,
+                "skipped %d unreadable image file(s) in the %s set, e.g. %s", len(bad), name, shown)
     kept = images.subset(np.array(keep, dtype=np.int64))
     for index, label in enumerate(kept.labels):
         if not np.any(kept.targets == index):
             raise DataError(f"expected readable images in class {label!r}, got none in the {name} set")
-    return kept, len(bad)
+    return kept, [path for path, _ in bad]
 
 
-def _folder_splits(root: Path, seed: int) -> tuple[FileImages, FileImages, str]:
+def _folder_splits(root: Path, seed: int) -> tuple[FileImages, FileImages, str, int]:
     if (root / "train").is_dir() and (root / "val").is_dir():
-        train, val = _scan_folder(root / "train"), _scan_folder(root / "val")
+        (train, ignored_train), (val, ignored_val) = _scan_folder(root / "train"), _scan_folder(root / "val")
         if train.labels != val.labels:
             raise DataError(
                 f"expected the same classes in train/ and val/, got {list(train.labels)} and {list(val.labels)}"
             )
-        return train, val, "train/ and val/ folders"
-    images = _scan_folder(root)
+        return train, val, "train/ and val/ folders", ignored_train + ignored_val
+    images, ignored = _scan_folder(root)
     for index, label in enumerate(images.labels):
         if np.count_nonzero(images.targets == index) < 2:
             raise DataError(f"expected at least 2 images in class {label!r} to hold one out, got 1")
     train, val = split_per_class(images.targets, VAL_FRACTION, np.random.default_rng(seed))
-    return images.subset(train), images.subset(val), f"seeded stratified split, {VAL_FRACTION:.0%} held out per class"
+    return (images.subset(train), images.subset(val),
+            f"seeded stratified split, {VAL_FRACTION:.0%} held out per class", ignored)
 
 
 def load_splits(
@@ -245,6 +265,7 @@ def load_splits(
     limit_train: int | None = None,
     limit_val: int | None = None,
     min_side: int | None = None,
+    warn: bool = True,
 ) -> Splits:
     """Resolve `--data` into training and evaluation sets.
 
@@ -255,11 +276,14 @@ def load_splits(
         limit_train: keep a stratified subsample of this many training images.
         limit_val: likewise for the evaluation set.
         min_side: the preprocessing resize size, so JPEG checks decode at the scale used later.
+        warn: log unreadable images at WARNING (training); export re-draws a run's split and
+            passes False, since the run already reported them.
 
     Raises:
         DataError: unknown data, fewer than 2 classes, an empty class.
     """
     rng = np.random.default_rng(seed)
+    ignored, unreadable = 0, []
     if str(data) == FASHION_MNIST:
         train, val = fashion_mnist("train"), fashion_mnist("t10k")
         source, split = FASHION_MNIST, "Fashion-MNIST train / test (t10k)"
@@ -267,15 +291,16 @@ def load_splits(
         root = Path(data)
         if not root.is_dir():
             raise DataError(f"expected '{FASHION_MNIST}' or an image folder, got {str(data)!r} which is neither")
-        train, val, split = _folder_splits(root, seed)
+        train, val, split, ignored = _folder_splits(root, seed)
         source = str(root.resolve())
     train = train.subset(stratified_sample(train.targets, limit_train, rng))
     val = val.subset(stratified_sample(val.targets, limit_val, rng))
-    skipped = 0
     if isinstance(train, FileImages):
-        train, bad_train = drop_unreadable(train, min_side, "training")
-        val, bad_val = drop_unreadable(val, min_side, "evaluation")
-        skipped = bad_train + bad_val
+        train, bad_train = drop_unreadable(train, min_side, "training", warn=warn)
+        val, bad_val = drop_unreadable(val, min_side, "evaluation", warn=warn)
+        unreadable = [str(path.resolve().relative_to(Path(source))) for path in bad_train + bad_val]
+    if ignored:
+        log.info("ignored %d file(s) without an image extension in %s", ignored, source)
     log.info("data %s: %d training / %d evaluation images, %d classes (%s)",
              source, len(train), len(val), len(train.labels), split)
-    return Splits(train, val, source, split, skipped)
+    return Splits(train, val, source, split, tuple(unreadable), ignored)

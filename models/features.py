@@ -136,10 +136,25 @@ class Inference:
         return run
 
     def __call__(self, images: ImageSet, *, batch_size: int, workers: int, desc: str) -> torch.Tensor:
-        """The output for every image's eval input, batched: float32 [N, D] on CPU."""
+        """The output for every image's eval input, batched: float32 [N, D] on CPU.
+
+        NOTE: each batch's output is copied into one preallocated array and dropped at once, so
+        memory is the batch plus the outputs. ONNX Runtime returns its outputs as views of its own
+        arena; keeping every batch's view alive until a final concatenation pinned arena chunks
+        and grew the process by ~100+ KB per image (7.5 GB RSS for Fashion-MNIST's 60,000).
+        """
         batches = loader(EvalInputs(images, self.spec), batch_size, workers)
         progress = tqdm(batches, desc=desc, unit="batch", leave=False)
-        return torch.cat([self._run(inputs) for inputs, _ in progress])
+        out: torch.Tensor | None = None
+        start = 0
+        for inputs, _ in progress:
+            result = self._run(inputs)
+            if out is None:
+                out = torch.empty((len(images), *result.shape[1:]), dtype=torch.float32)
+            out[start : start + len(result)] = result
+            start += len(result)
+            del result
+        return out if out is not None else torch.empty((0,), dtype=torch.float32)
 
 
 def _cache_key(backbone: str, weights_source: str, spec: PreprocessingSpec, images: ImageSet) -> str:

@@ -103,4 +103,5 @@ class OnnxRuntimeModel:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         inputs = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {INPUT_NAME: inputs})[0])
+        # A copy: ONNX Runtime's outputs are views of its arena, which a caller must not pin.
+        return torch.from_numpy(np.array(self.session.run(None, {INPUT_NAME: inputs})[0], dtype=np.float32))

@@ -52,6 +52,7 @@ from graft.models.data import Splits, load_splits
 from graft.models.evaluate import classification_report
 from graft.models.features import EvalInputs, Inference, TrainInputs, cached_embeddings, loader, to_device
 from graft.models.plots import plot_confusion, plot_curves
+from graft.models.weights import describe_weights
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ def train_linear_head(
 
     Features are standardised with the training mean/std so one learning rate suits every
     backbone's embedding scale; the affine map is then folded into the returned `nn.Linear`.
+    NOTE: `train_x` is standardised in place (no second copy of the largest array in a run).
     """
     mean, std = train_x.mean(0), train_x.std(0)
     # Floor: a feature (nearly) constant on the training set must not blow up on other images.
@@ -166,9 +168,9 @@ def train_linear_head(
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=HEAD_WEIGHT_DECAY)
     steps = epochs * math.ceil(len(train_x) / batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
-    train_n, history = norm(train_x), []
+    train_n, history = train_x.sub_(mean).div_(std), []
     with single_thread():
-        for epoch in range(first_epoch, first_epoch + epochs):
+        for number, epoch in enumerate(range(first_epoch, first_epoch + epochs), start=1):
             total_loss, correct = 0.0, 0
             for batch in torch.randperm(len(train_n), generator=generator).split(batch_size):
                 logits = head(train_n[batch])
@@ -179,19 +181,31 @@ def train_linear_head(
                 schedule.step()
                 total_loss += loss.item() * len(batch)
                 correct += (logits.argmax(1) == train_y[batch]).sum().item()
-            entry = {"epoch": epoch, "phase": phase, "train_loss": total_loss / len(train_n),
-                     "train_accuracy": correct / len(train_n)}
+            entry = {"epoch": epoch, "phase": phase, "phase_epoch": number, "phase_epochs": epochs,
+                     "train_loss": total_loss / len(train_n), "train_accuracy": correct / len(train_n)}
             if val is not None:
                 with torch.no_grad():
                     logits = head(norm(val[0]))
                 entry["val_loss"] = F.cross_entropy(logits, val[1]).item()
                 entry["val_accuracy"] = (logits.argmax(1) == val[1]).float().mean().item()
             history.append(entry)
+            if number == epochs or number % max(1, epochs // 5) == 0:  # a few lines, not one per cheap epoch
+                log.info("%s", _progress_line(entry))
     folded = nn.Linear(train_x.shape[1], num_classes)
     with torch.no_grad():
         folded.weight.copy_(head.weight / std)
         folded.bias.copy_(head.bias - (head.weight * (mean / std)).sum(1))
     return folded, history
+
+
+def _progress_line(entry: dict) -> str:
+    """'fine-tune 1/1: loss 0.41, accuracy 0.87': numbered within its phase, so a one-epoch
+    fine-tune after a 30-epoch warm-up reads as its first epoch, not the 31st."""
+    line = (f"{entry['phase']} {entry['phase_epoch']}/{entry['phase_epochs']}: loss {entry['train_loss']:.4f}, "
+            f"accuracy {entry['train_accuracy']:.4f}")
+    if "val_accuracy" in entry:
+        line += f"; evaluation loss {entry['val_loss']:.4f}, accuracy {entry['val_accuracy']:.4f}"
+    return line
 
 
 # ---- full-network training ---------------------------------------------------------------------
@@ -271,12 +285,12 @@ def train_network(
         pct_start=0.15,
     )
     history = []
-    for epoch in range(first_epoch, first_epoch + epochs):
+    for number, epoch in enumerate(range(first_epoch, first_epoch + epochs), start=1):
         model.train()
         if frozen_bn:
             freeze_batchnorm_stats(model)
         total_loss, correct, seen = 0.0, 0, 0
-        progress = tqdm(batches, desc=f"epoch {epoch} ({phase})", unit="batch", leave=False)
+        progress = tqdm(batches, desc=f"{phase} {number}/{epochs}", unit="batch", leave=False)
         for inputs, targets in progress:
             inputs, targets = to_device(inputs, device), targets.to(device)
             logits, _ = model(inputs)
@@ -289,9 +303,9 @@ def train_network(
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(targets)
             progress.set_postfix(loss=f"{total_loss / seen:.3f}")
-        history.append({"epoch": epoch, "phase": phase, "train_loss": total_loss / seen,
-                        "train_accuracy": correct / seen})
-        log.info("epoch %d (%s): loss %.4f, accuracy %.4f", epoch, phase, total_loss / seen, correct / seen)
+        history.append({"epoch": epoch, "phase": phase, "phase_epoch": number, "phase_epochs": epochs,
+                        "train_loss": total_loss / seen, "train_accuracy": correct / seen})
+        log.info("%s", _progress_line(history[-1]))
     return history
 
 
@@ -323,7 +337,10 @@ def run_training(config: TrainConfig) -> dict:
     timings["data_s"] = time.perf_counter() - started
 
     weights = "none" if config.strategy == "scratch" else config.weights
-    model, weights_source = entry.create(weights=weights)
+    model, weights_path = entry.create(weights=weights)
+    # Provenance names the package (or file name), version and hash, never this machine's path;
+    # the path itself only keys the local feature cache.
+    weights_source, weights_sha256 = describe_weights(weights_path)
     model.reset_head(len(splits.labels))
     model = model.to(device).to(memory_format=torch.channels_last)
     log.info("%s: %s, weights %s, on %s", config.strategy, config.backbone, weights_source, device)
@@ -342,10 +359,11 @@ def run_training(config: TrainConfig) -> dict:
         def embed(images, name):
             if weights == "none":  # a seeded random trunk: nothing worth a cache entry
                 return embedder(images, desc=f"embedding {name} images", **batching)
-            return cached_embeddings(embedder, config.backbone, weights_source, images, name=name, **batching)
+            return cached_embeddings(embedder, config.backbone, weights_path, images, name=name, **batching)
 
         train_x = embed(splits.train, "training")
         val_x = embed(splits.val, "evaluation") if evaluated else None
+        del embed, embedder  # frees the ONNX Runtime session and its arena before the head trains
         timings["embed_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
         head_epochs = config.resolved_epochs if config.strategy == "feature-extract" else config.warmup_epochs
@@ -388,15 +406,23 @@ def run_training(config: TrainConfig) -> dict:
     report = classification_report(splits.val.targets, val_logits.argmax(1).numpy(), splits.labels)
     timings["total_s"] = time.perf_counter() - started
     metrics = {**report, "strategy": config.strategy, "backbone": config.backbone,
-               "num_train_images": len(splits.train), "skipped_files": splits.skipped_files,
+               "num_train_images": len(splits.train),
+               "train_images_per_class": {label: int(np.sum(splits.train.targets == i))
+                                          for i, label in enumerate(splits.labels)},
+               **_file_counts(splits),
                "timings": timings, "history": history}
-    _write_run_dir(out, config, model, splits, weights_source, metrics)
+    _write_run_dir(out, config, model, splits, weights_source, weights_sha256, metrics)
     log.info("accuracy %.4f on %d evaluation images; run dir %s", report["accuracy"], report["num_images"], out)
     return metrics
 
 
+def _file_counts(splits: Splits) -> dict:
+    return {"skipped_files": splits.skipped_files, "unreadable_files": list(splits.unreadable_files),
+            "ignored_files": splits.ignored_files}
+
+
 def _write_run_dir(out: Path, config: TrainConfig, model: Backbone, splits: Splits,
-                   weights_source: str, metrics: dict) -> None:
+                   weights_source: str, weights_sha256: str | None, metrics: dict) -> None:
     spec = get_backbone(config.backbone).preprocessing
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -410,16 +436,16 @@ def _write_run_dir(out: Path, config: TrainConfig, model: Backbone, splits: Spli
             weights_source=weights_source,
             pretrained=config.strategy != "scratch",
             strategy=config.strategy,
-            extra={"accuracy": metrics["accuracy"], "data": splits.source},
+            extra={"accuracy": metrics["accuracy"], "data": splits.source, "weights_sha256": weights_sha256},
         ))
         (tmp / "labels.json").write_text(json.dumps(list(splits.labels), indent=2) + "\n")
         run_config = {
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
             "epochs": config.resolved_epochs, "lr": config.resolved_lr,
             "backbone": config.backbone, "strategy": config.strategy,
-            "preprocessing": asdict(spec), "weights_source": weights_source,
+            "preprocessing": asdict(spec), "weights_source": weights_source, "weights_sha256": weights_sha256,
             "data": {"source": splits.source, "split": splits.split, "num_train": len(splits.train),
-                     "num_eval": len(splits.val), "skipped_files": splits.skipped_files},
+                     "num_eval": len(splits.val), **_file_counts(splits)},
             "versions": {name: metadata.version(name) for name in ("graft", "torch", "torchvision", "timm")},
         }
         (tmp / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")

@@ -86,3 +86,36 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise WeightsUnavailable(f"expected a state dict (name -> tensor) in {path}, got {type(state).__name__}")
     return state
+
+
+def describe_weights(source: str) -> tuple[str, str | None]:
+    """(description, sha256) of a weights source as `BackboneEntry.create` reports it, for provenance.
+
+    A local file is named by the package that ships it (name and version) or, for a user's file,
+    by its file name, plus its sha256: never by a machine's absolute path, which means nothing
+    elsewhere. Non-file sources (a download URL, "none (random init)") are returned as they are.
+    """
+    path = Path(source)
+    if not path.is_file():
+        return source, None
+    from graft.artifact.manifest import sha256_file
+
+    sha = sha256_file(path)
+    package = _distribution_of(path)
+    where = f"PyPI package {package}" if package else "local file"
+    return f"{where}: {path.name} (sha256 {sha[:12]})", sha
+
+
+def _distribution_of(path: Path) -> str | None:
+    """'name version' of the installed distribution whose top-level package holds `path`, if any."""
+    import sys
+    from importlib import metadata
+
+    resolved = path.resolve()
+    for entry in sys.path:
+        root = Path(entry or ".").resolve()
+        if root in resolved.parents:
+            names = metadata.packages_distributions().get(resolved.relative_to(root).parts[0])
+            if names:
+                return f"{names[0]} {metadata.version(names[0])}"
+    return None

@@ -73,16 +73,22 @@ def test_image_folder_train_val_layout(tmp_path):
     assert len(splits.train) == 18 and len(splits.val) == 6 and "train/" in splits.split
 
 
-def test_unreadable_files_are_skipped_and_counted(tmp_path, caplog):
+def test_non_images_are_ignored_quietly_and_unreadable_images_named(tmp_path, caplog):
     root = texture_folder(tmp_path)
     (root / "brick" / "notes.txt").write_text("not an image")
+    (root / "grass" / "labels.CSV").write_text("a,b")
     good = (root / "grass" / "0.jpg").read_bytes()
     (root / "grass" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (root / "gravel" / ".DS_Store").write_bytes(b"\0\1")  # hidden files are not candidates at all
     splits = load_splits(root, seed=0)
-    assert splits.skipped_files == 2
+    assert splits.ignored_files == 2  # notes.txt, labels.CSV: counted, never decoded, never warned about
+    assert splits.unreadable_files == ("grass/truncated.jpg",) and splits.skipped_files == 1
     assert len(splits.train) + len(splits.val) == 18
-    assert "unreadable file(s)" in caplog.text and "notes.txt" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "truncated.jpg" in warnings[0] and "notes.txt" not in caplog.text
+    caplog.clear()
+    load_splits(root, seed=0, warn=False)  # export re-draws a run's split: the run already warned
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_fingerprint_changes_with_the_files(tmp_path):
