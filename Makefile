@@ -3,10 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-GRAFT := $(VENV)/bin/graft
+GRAFT ?= $(VENV)/bin/graft
+BENTOML ?= $(VENV)/bin/bentoml
 PORT ?= 3000
 ARTIFACTS ?= artifacts
 DEFAULT_MODEL := $(ARTIFACTS)/tf_efficientnet_lite0
+MODEL ?= $(DEFAULT_MODEL)
+DIST ?= dist
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -43,9 +46,13 @@ $(DEFAULT_MODEL)/manifest.json: | $(STAMP)
 serve: install default-model
 	$(GRAFT) serve --model $(DEFAULT_MODEL) --port $(PORT)
 
-bento: install default-model
-	$(GRAFT) register $(DEFAULT_MODEL)
-	$(VENV)/bin/bentoml build
+# The Bento installs graft's wheel (serving dependencies only) and bundles MODEL from the BentoML
+# store; the bentofile copy in $(DIST) names MODEL's store name instead of the default's.
+bento: install $(if $(filter $(DEFAULT_MODEL),$(MODEL)),default-model)
+	rm -rf $(DIST) && $(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) .
+	tag=$$($(GRAFT) register $(MODEL) | tail -n 1) && name=$${tag%%:*} && \
+	  sed -e "s|tf_efficientnet_lite0|$$name|g" -e "s|dist/graft-|$(DIST)/graft-|" bentofile.yaml > $(DIST)/bentofile.yaml && \
+	  $(BENTOML) build -f $(DIST)/bentofile.yaml .
 
 bench: install default-model
 	$(GRAFT) bench model

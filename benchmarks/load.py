@@ -63,6 +63,8 @@ class LoadResult:
     duration_s: float = 0.0
     latencies: list[float] = field(default_factory=list)
     errors: Counter = field(default_factory=Counter)
+    error_latencies: dict[str, list[float]] = field(default_factory=dict)
+    """Seconds to each error answer, by status (how fast the server refuses, e.g. 429s under overload)."""
     unfinished: int = 0
     """Requests still in flight at the deadline (cancelled; not in `requests`)."""
 
@@ -82,6 +84,7 @@ class LoadResult:
             "requests_per_s": ok / self.duration_s if self.duration_s else 0.0,
             "images_per_s": ok * self.images_per_request / self.duration_s if self.duration_s else 0.0,
             "latency_ms": latency_summary(self.latencies),
+            "error_latency_ms": {error: latency_summary(seconds) for error, seconds in self.error_latencies.items()},
         }
 
 
@@ -120,6 +123,7 @@ async def _drive(
     on_measure_start: Callable[[], None] | None,
     timeout_s: float,
     label: str,
+    refused_backoff_s: float,
 ) -> LoadResult:
     bodies = workload.bodies()
     result = LoadResult(concurrency, workload.images_per_request)
@@ -163,7 +167,10 @@ async def _drive(
                         result.latencies.append(latency)
                     else:
                         result.errors[error] += 1
+                        result.error_latencies.setdefault(error, []).append(latency)
                     progress.update()
+                    if error in ("429", "503") and refused_backoff_s:
+                        await asyncio.sleep(refused_backoff_s)  # a polite client backs off when refused
 
             # No request starts after the deadline; those in flight get as long again to finish
             # (so the server is idle when the next cell starts), then are cancelled as unfinished.
@@ -186,6 +193,7 @@ def run_load(
     on_measure_start: Callable[[], None] | None = None,
     timeout_s: float = 60.0,
     label: str = "load",
+    refused_backoff_s: float = 0.0,
 ) -> LoadResult:
     """Drive `workload` with `concurrency` closed-loop clients until `max_requests` are sent or
     `max_seconds` have passed. Requests in flight at the deadline may finish within another
@@ -195,6 +203,7 @@ def run_load(
     Args:
         on_measure_start: called after the warm-up, before the first timed request (e.g. to take a
             `/metrics` snapshot).
+        refused_backoff_s: after a 429 or 503, that client waits this long before its next request.
     """
     require_loopback(workload.url)
     if concurrency < 1 or max_requests < 1 or max_seconds <= 0:
@@ -203,5 +212,5 @@ def run_load(
             f"{concurrency}, {max_requests}, {max_seconds}"
         )
     return asyncio.run(
-        _drive(workload, concurrency, max_requests, max_seconds, on_measure_start, timeout_s, label)
+        _drive(workload, concurrency, max_requests, max_seconds, on_measure_start, timeout_s, label, refused_backoff_s)
     )

@@ -115,6 +115,23 @@ def ceiling_table(ceiling: dict) -> str:
     return _table(["engine", "batch", "images/s", "p50 ms/batch"], rows)
 
 
+def pipeline_table(pipeline: dict) -> str:
+    rows = [[f["batch_size"], f["images_per_second"]] for f in pipeline["per_batch"]]
+    return _table(["batch", "images/s"], rows) + (
+        f"\n\nbest {pipeline['images_per_second']} images/s at batch {pipeline['batch_size']}; one image alone "
+        f"(decode + preprocess + inference) p50 {pipeline['batch1_p50_ms']} ms; {pipeline['decode_threads']} decode "
+        f"threads, {pipeline['provider']}"
+    )
+
+
+def _errors(row: dict) -> str:
+    answered = row.get("error_latency_ms", {})
+    return ", ".join(
+        f"{error}: {count}" + (f" ({answered[error]['p99']:.0f})" if answered.get(error, {}).get("p99") is not None else "")
+        for error, count in row["errors"].items()
+    ) or "0"
+
+
 def _split(row: dict) -> str | None:
     split = row.get("stage_split")
     if not split:
@@ -132,9 +149,9 @@ def _batches(row: dict) -> str | None:
 
 def service_table(cells: list[dict]) -> str:
     return _table(
-        ["server", "endpoint", "size", "clients", "requests", "errors", "unfinished", "images/s", "p50 ms",
-         "p95 ms", "p99 ms", "executed batch (le:count)", "server time split"],
-        [[c["server"], c["endpoint"], c["size"], c["concurrency"], c["requests"], sum(c["errors"].values()), c["unfinished"],
+        ["server", "endpoint", "size", "clients", "requests", "errors (p99 ms to answer)", "unfinished", "images/s",
+         "p50 ms", "p95 ms", "p99 ms", "executed batch (le:count)", "server time split"],
+        [[c["server"], c["endpoint"], c["size"], c["concurrency"], c["requests"], _errors(c), c["unfinished"],
           c["images_per_s"], c["latency_ms"].get("p50"), c["latency_ms"].get("p95"), c["latency_ms"].get("p99"),
           _batches(c), _split(c)] for c in cells],
     )
@@ -192,6 +209,9 @@ def markdown(result: dict, command: str) -> str:
         parts += ["## Model: images/s and latency per batch", model_table(result["rows"])]
     if "ceiling" in result:
         parts += ["## Ceiling: raw ONNX Runtime on preprocessed 224-px JPEGs", ceiling_table(result["ceiling"])]
+    if "pipeline" in result:
+        parts += ["## Pipeline ceiling: decode + preprocess + ONNX Runtime in one process (224-px JPEGs, no HTTP)",
+                  pipeline_table(result["pipeline"])]
     if "cells" in result:
         parts += ["## Service and baseline", service_table(result["cells"]),
                   "## graft ÷ baseline", ratio_table(result["cells"]), *profile_sections(result["cells"])]

@@ -17,20 +17,64 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import bentoml
 import numpy as np
 
+from graft.artifact.errors import GraftError
 from graft.artifact.image import ImageDecodeError
-from graft.service.config import ServeConfig
+from graft.artifact.manifest import MODEL_FILE, verify_model_hash
+from graft.service.auth import Auth
+from graft.service.config import ConfigError, ServeConfig
 from graft.service.decode import prepare
-from graft.service.engine import Engine, deadline_after
+from graft.service.engine import Engine, Target, deadline_after
 from graft.service.errors import BadRequest, NotFound, Unavailable
+from graft.service.heads import HeadStore
 from graft.service.models import load_models, pick_default
 from graft.service.routes import build_app
 
 log = logging.getLogger(__name__)
 CONFIG = ServeConfig()
+
+
+def preflight(config: ServeConfig) -> None:
+    """Refuse to start on an artifact that cannot serve: exit non-zero with one line saying why.
+
+    NOTE: `bentoml serve` imports this module in its main process before it starts any worker, so
+    a check here stops the whole server; a worker whose start fails would only be restarted by
+    BentoML's process manager, forever, while `/readyz` stays unreachable.
+    """
+    import onnxruntime as ort
+
+    try:
+        models = load_models(config.models)
+        pick_default(models, config.default_model)
+        for model in models.values():
+            verify_model_hash(model.directory, model.manifest)
+            ort.InferenceSession(str(model.directory / MODEL_FILE), providers=["CPUExecutionProvider"])
+        load_heads(config, {name: model.manifest for name, model in models.items()})
+    except GraftError as error:
+        raise SystemExit(f"graft: cannot serve: {error}") from None
+    except Exception as error:  # ONNX Runtime refusing the graph: its message, on one line
+        message = " ".join(str(error).split())
+        raise SystemExit(f"graft: cannot serve: expected a loadable ONNX graph, got {message}") from None
+
+
+def load_heads(config: ServeConfig, backbones: dict) -> HeadStore:
+    """The heads in `GRAFT_HEADS_DIR` and those named by `GRAFT_HEADS`, each checked against the
+    served backbone it was fitted on (a head for none of them refuses to start)."""
+    store = HeadStore(config.heads_dir, max_heads=config.max_heads)
+    store.load(backbones)
+    for reference in config.heads:
+        name, _, directory = reference.partition("=")
+        if not name or not directory:
+            raise ConfigError(f"expected GRAFT_HEADS entries as NAME=DIR, got {reference!r}")
+        store.add(name, Path(directory), backbones)
+    return store
+
+
+preflight(CONFIG)
 
 
 @bentoml.service(name="graft", workers=CONFIG.workers, traffic={"timeout": 120})
@@ -43,6 +87,8 @@ class Graft:
         models = load_models(CONFIG.models)
         self.default_model = pick_default(models, CONFIG.default_model)
         self.engines = {name: Engine(model, CONFIG) for name, model in models.items()}
+        self.heads = load_heads(CONFIG, {name: engine.manifest for name, engine in self.engines.items()})
+        self.auth = Auth(CONFIG.admin_token, CONFIG.api_keys)
         self.decoder = ThreadPoolExecutor(CONFIG.decode_threads, thread_name_prefix="graft-decode")
         self.draining = False
         self._ready = threading.Event()
@@ -74,27 +120,53 @@ class Graft:
             raise Unavailable(expected="a ready server", got="one still warming up its models; retry shortly",
                               headers={"Retry-After": "1"})
 
-    def engine(self, name: str, task: str | None = None) -> Engine:
-        """The engine serving `name` (empty: the default model), checked against `task`."""
-        engine = self.engines.get(name or self.default_model)
-        if engine is None:
-            raise NotFound(expected=f"model to be one of {sorted(self.engines)}", got=repr(name))
-        if task is not None and engine.manifest.task != task:
-            raise BadRequest(expected=f"a {task} model", got=f"{engine.manifest.task} model {engine.name!r}")
-        return engine
+    def target(self, name: str, task: str | None = None) -> Target:
+        """What `name` serves (empty: the default model): a model, or a head on a model; checked
+        against `task`."""
+        name = name or self.default_model
+        engine = self.engines.get(name)
+        if engine is not None:
+            target = Target(engine)
+        elif (served := self.heads.get(name)) is not None:
+            target = Target(self.engines[served.backbone], served.head)
+        else:
+            names = sorted([*self.engines, *(head for head, _ in self.heads.items())])
+            raise NotFound(expected=f"model to be one of {names}", got=repr(name))
+        if task is not None and target.task != task:
+            raise BadRequest(expected=f"a {task} model", got=f"{target.task} model {target.name!r}")
+        return target
 
-    async def run_images(self, engine: Engine, images: list[bytes], *, timeout_ms: int | None = None) -> list[dict]:
+    async def run_images(
+        self, engine: Engine, images: list[bytes], *, timeout_ms: int | None = None, max_images: int | None = None,
+    ) -> list[dict]:
         """Decode and preprocess `images` in the thread pool, then run them through `engine`'s batcher.
+
+        More images than one batch (a head fit) go in batch-sized chunks, the next decoding while this
+        one runs, so they neither fill the queue nor hold every decoded image in memory at once.
 
         Raises:
             BadRequest: too many images, or one that does not decode (named by its position).
             TooManyRequests, Unavailable: the batcher refused them (queue full, deadline).
         """
         self.check_ready()
-        limit = self.config.max_latency_ms if timeout_ms is None else min(timeout_ms, self.config.max_latency_ms)
-        deadline = deadline_after(limit)
-        if len(images) > self.config.max_images:
-            raise BadRequest(expected=f"at most {self.config.max_images} images per request", got=str(len(images)))
+        max_images = max_images or self.config.max_images
+        if len(images) > max_images:
+            raise BadRequest(expected=f"at most {max_images} images per request", got=str(len(images)))
+        limit = self._budget_ms(timeout_ms)
+        chunk = self.config.max_batch_size
+        results: list[dict] = []
+        pending = asyncio.ensure_future(self._prepare(engine, images[:chunk], 0))
+        try:
+            for start in range(0, len(images), chunk):
+                arrays = await pending
+                if start + chunk < len(images):
+                    pending = asyncio.ensure_future(self._prepare(engine, images[start + chunk:start + 2 * chunk], start + chunk))
+                results += await engine.infer(arrays, deadline=deadline_after(limit))
+        finally:
+            pending.cancel()
+        return results
+
+    async def _prepare(self, engine: Engine, images: list[bytes], offset: int) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
 
         async def load(index: int, data: bytes) -> np.ndarray:
@@ -106,14 +178,18 @@ class Graft:
                 raise BadRequest(f"images[{index}]: {error}", expected=error.expected,
                                  got=f"images[{index}]: {error.got}") from None
 
-        arrays = await asyncio.gather(*(load(i, data) for i, data in enumerate(images)))
-        return await engine.infer(list(arrays), deadline=deadline)
+        return list(await asyncio.gather(*(load(offset + i, data) for i, data in enumerate(images))))
 
     async def run_tensor(self, engine: Engine, batch: np.ndarray, *, timeout_ms: int | None = None) -> list[dict]:
         """Run already-preprocessed float32 [N, 3, H, W] inputs through `engine`'s batcher."""
         self.check_ready()
-        limit = self.config.max_latency_ms if timeout_ms is None else min(timeout_ms, self.config.max_latency_ms)
-        return await engine.infer(list(batch), deadline=deadline_after(limit))
+        if len(batch) > self.config.max_images:
+            raise BadRequest(expected=f"at most {self.config.max_images} images per request", got=str(len(batch)))
+        return await engine.infer(list(batch), deadline=deadline_after(self._budget_ms(timeout_ms)))
+
+    def _budget_ms(self, timeout_ms: int | None) -> int:
+        """A request's latency budget: its own timeout, capped by GRAFT_MAX_LATENCY_MS."""
+        return self.config.max_latency_ms if timeout_ms is None else min(timeout_ms, self.config.max_latency_ms)
 
 
 Graft.mount_asgi_app(build_app(CONFIG), path="/")

@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="artifact directory or BentoML model tag, optionally NAME=DIR_OR_TAG; repeat for several "
              "(default: $GRAFT_MODELS, else the tf_efficientnet_lite0 model in the BentoML store)",
     )
+    parser.add_argument(
+        "--head", action="append", metavar="NAME=DIR",
+        help="serve a head artifact (graft export --head-only) as NAME on the model it was fitted on; repeat for several",
+    )
+    parser.add_argument("--heads-dir", metavar="DIR",
+                        help="where heads fitted with POST /heads are kept and loaded from (sets GRAFT_HEADS_DIR)")
     parser.add_argument("--default", metavar="NAME", help="model used when a request names none (default: the first)")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=os.environ.get("PORT", "3000"))
@@ -53,7 +59,6 @@ def _absolute(reference: str) -> str:
 
 def serve(args: argparse.Namespace) -> int:
     """Check the models resolve, then replace this process with `bentoml serve graft.service.app:Graft`."""
-    from graft.artifact.manifest import verify_model_hash
     from graft.service.config import ServeConfig
     from graft.service.models import load_models, pick_default
 
@@ -62,14 +67,16 @@ def serve(args: argparse.Namespace) -> int:
         env["GRAFT_MODELS"] = ",".join(_absolute(reference) for reference in args.model)
     if args.default:
         env["GRAFT_DEFAULT_MODEL"] = args.default
+    if args.head:
+        env["GRAFT_HEADS"] = ",".join(_absolute(reference) for reference in args.head)
+    if args.heads_dir:
+        env["GRAFT_HEADS_DIR"] = str(Path(args.heads_dir).resolve())
     for flag, variable in _TUNING.items():
         if getattr(args, flag) is not None:
             env[variable] = str(getattr(args, flag))
     os.environ.update(env)
     config = ServeConfig()
     models = load_models(config.models)  # fail here, with one clear line, not in a worker
-    for model in models.values():
-        verify_model_hash(model.directory, model.manifest)
     default = pick_default(models, config.default_model)
     log.info("serving %s (default %s) on http://%s:%d", sorted(models), default, args.host, args.port)
     command = [

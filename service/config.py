@@ -64,7 +64,14 @@ class ServeConfig:
         trt_cache_dir: where TensorRT keeps built engines between restarts.
         max_concurrency: most requests in flight in one worker; more get 429 before their body
             is read.
-        drain_seconds: on SIGTERM, how long requests in flight may take to finish.
+        heads: extra heads, comma-separated `NAME=DIR` in `GRAFT_HEADS` (`graft serve --head`).
+        heads_dir: where heads fitted through `POST /heads` are kept (and loaded from at start);
+            empty: fitting through the API is off.
+        max_heads: most heads served.
+        max_fit_images: most images in one `POST /heads`.
+        max_classes: most classes in one head.
+        admin_token: `GRAFT_ADMIN_TOKEN`, required by `POST`/`DELETE /heads`; empty: those answer 403.
+        api_keys: `GRAFT_API_KEYS`, comma-separated; when set, inference and listing routes need one.
     """
 
     models: tuple[str, ...] = field(default_factory=lambda: _env_list("MODELS", DEFAULT_MODELS))
@@ -91,7 +98,15 @@ class ServeConfig:
         )
     )
     max_concurrency: int = field(default_factory=lambda: _env_int("MAX_CONCURRENCY", 64))
-    drain_seconds: int = field(default_factory=lambda: _env_int("DRAIN_SECONDS", 30, minimum=0))
+    heads: tuple[str, ...] = field(default_factory=lambda: _env_list("HEADS", ""))
+    heads_dir: Path | None = field(
+        default_factory=lambda: Path(os.environ[ENV_PREFIX + "HEADS_DIR"]) if os.environ.get(ENV_PREFIX + "HEADS_DIR") else None
+    )
+    max_heads: int = field(default_factory=lambda: _env_int("MAX_HEADS", 100))
+    max_fit_images: int = field(default_factory=lambda: _env_int("MAX_FIT_IMAGES", 2000))
+    max_classes: int = field(default_factory=lambda: _env_int("MAX_CLASSES", 1000))
+    admin_token: str = field(default_factory=lambda: os.environ.get(ENV_PREFIX + "ADMIN_TOKEN", ""), repr=False)
+    api_keys: tuple[str, ...] = field(default_factory=lambda: _env_list("API_KEYS", ""), repr=False)
 
     def session_threads(self) -> int:
         """ONNX Runtime intra-op threads per session: as set, or the cores shared among workers."""

@@ -7,10 +7,12 @@ function runs in the batcher's thread: stack, run the session, softmax, split.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from graft.artifact.runtime import Runner
+from graft.artifact.heads import Head
+from graft.artifact.runtime import Runner, softmax
 from graft.service.batcher import Batcher
 from graft.service.config import ServeConfig
 from graft.service.metrics import metrics
@@ -60,3 +62,36 @@ class Engine:
 def deadline_after(milliseconds: float, start: float | None = None) -> float:
     """A `time.monotonic()` deadline `milliseconds` after `start` (default: now)."""
     return (time.monotonic() if start is None else start) + milliseconds / 1000
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's `model` names: an engine, or a head on an engine's embedding."""
+
+    engine: Engine
+    head: Head | None = None
+
+    @property
+    def name(self) -> str:
+        return self.head.name if self.head is not None else self.engine.name
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.head.labels if self.head is not None else tuple(self.engine.manifest.labels)
+
+    @property
+    def task(self) -> str:
+        return "classifier" if self.head is not None else self.engine.manifest.task
+
+    @property
+    def version(self) -> str:
+        return self.head.spec.version if self.head is not None else self.engine.manifest.version
+
+    def outputs(self, results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The engine's per-image results stacked into [N, ...] arrays; a head adds its `logits`
+        and `probabilities` from the embeddings (numpy, float32)."""
+        if self.head is None:
+            return {key: np.stack([result[key] for result in results]) for key in results[0]}
+        embedding = np.stack([result["embedding"] for result in results])
+        logits = self.head.apply(embedding)
+        return {"logits": logits, "probabilities": softmax(logits), "embedding": embedding}

@@ -3,25 +3,28 @@ decided before the body is read, so refusing is the cheap path under overload.""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Match
 
 from graft.service.errors import PayloadTooLarge, ServiceError, TooManyRequests
 
 
 class RequestGuard:
-    """ASGI middleware for `paths`: refuses a declared body over `max_request_bytes` (413), stops
+    """ASGI middleware for `routes`: refuses a declared body over `max_request_bytes` (413), stops
     reading a streamed one past it (413), and refuses a request beyond `max_concurrency` in flight
     in this worker (429 with `Retry-After`)."""
 
-    def __init__(self, app, *, paths: frozenset[str], max_request_bytes: int, max_concurrency: int) -> None:
+    def __init__(self, app, *, routes: Sequence[BaseRoute], max_request_bytes: int, max_concurrency: int) -> None:
         self.app = app
-        self.paths = paths
+        self.routes = routes
         self.max_request_bytes = max_request_bytes
         self.max_concurrency = max_concurrency
         self.in_flight = 0
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths or scope["method"] != "POST":
+        if scope["type"] != "http" or not any(route.matches(scope)[0] == Match.FULL for route in self.routes):
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")

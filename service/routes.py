@@ -8,38 +8,36 @@ running service with `bentoml.get_current_service()`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
 
-import bentoml
 import numpy as np
-from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from graft.service import schemas
 from graft.service.config import ServeConfig
 from graft.service.errors import BadRequest, MethodNotAllowed, NotFound, ServiceError
+from graft.service import head_routes, v2
+from graft.service.endpoint import ClientGone, Endpoint, Handler, service, watched
+from graft.service.engine import Target
 from graft.service.forms import Field, boolean, positive_int, read_form, text
-from graft.service.metrics import metrics
 from graft.service.middleware import RequestGuard
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-MODEL = Field(text, "", "model name (GET /models); empty for the default model")
+MODEL = Field(text, "", "model or head name (GET /models); empty for the default model")
+CLASSIFY_MODEL = Field(text, "", "model or head name (GET /models); empty for the default model; several heads "
+                       "on one backbone, comma-separated, answer {\"models\": {name: result}} from one backbone "
+                       "pass per image")
 TIMEOUT = Field(positive_int, None, "a positive integer: milliseconds this request may take (capped by "
                 "GRAFT_MAX_LATENCY_MS); images that cannot make it are answered 503")
 CLASSIFY_FIELDS = {
     "top_k": Field(positive_int, 5, "a positive integer: labels per image, best first"),
-    "model": MODEL,
+    "model": CLASSIFY_MODEL,
     "timeout_ms": TIMEOUT,
 }
 EMBED_FIELDS = {
@@ -49,94 +47,59 @@ EMBED_FIELDS = {
 }
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """One route: what `/docs` says about it and the handler that serves it."""
-
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    form: dict[str, Field] | None = None  # multipart option fields; `images` file parts are implied
-    response: type[BaseModel] | None = None
-    errors: tuple[int, ...] = ()
-    inference: bool = False  # guarded by the in-flight limit (and API keys, where configured)
-
-
-def service() -> Any:
-    """The running `Graft` service instance of this worker."""
-    return bentoml.get_current_service()
-
-
-async def _until_disconnected(request: Request) -> None:
-    # The body has been read, so the next message is the client's disconnect (or, once the
-    # response is sent, the server's own end of the request).
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def watched(request: Request, work: Awaitable[Any], model: str) -> Any:
-    """Await `work` unless the client goes away first: then cancel it, so its queued images are
-    dropped before they run, and raise `ClientGone`."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_until_disconnected(request))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    metrics().shed.labels(reason="client_gone", model=model).inc()
-    raise ClientGone()
-
-
-class ClientGone(Exception):
-    """The client disconnected before its results were ready; nothing is sent."""
+def _top_k(target: Target, results: list[dict], top_k: int) -> dict:
+    labels = target.labels
+    k = min(top_k, len(labels))
+    predictions = []
+    for probabilities in target.outputs(results)["probabilities"]:
+        best = np.argsort(-probabilities, kind="stable")[:k]
+        predictions.append([
+            {"label": labels[i], "index": int(i), "score": float(probabilities[i])} for i in best
+        ])
+    return {"model": target.name, "top_k": k, "top_k_capped": top_k > k, "predictions": predictions}
 
 
 async def classify(request: Request) -> Response:
     graft = service()
     form = await read_form(request, CLASSIFY_FIELDS, max_images=graft.config.max_images)
-    engine = graft.engine(form.options["model"], "classifier")
+    names = [name.strip() for name in form.options["model"].split(",")]
+    targets = [graft.target(name, "classifier") for name in names]
+    engine = targets[0].engine
+    if any(target.engine is not engine for target in targets):
+        raise BadRequest(expected="models (heads) on one backbone when several are named",
+                         got=", ".join(f"{t.name} on {t.engine.name}" for t in targets))
     results = await watched(
-        request, graft.run_images(engine, form.images, timeout_ms=form.options["timeout_ms"]), engine.name,
+        request, graft.run_images(engine, form.images, timeout_ms=form.options["timeout_ms"]), targets[0].name,
     )
-    labels = engine.manifest.labels
-    k = min(form.options["top_k"], len(labels))
-    predictions = []
-    for result in results:
-        probabilities = result["probabilities"]
-        best = np.argsort(-probabilities, kind="stable")[:k]
-        predictions.append([
-            {"label": labels[i], "index": int(i), "score": float(probabilities[i])} for i in best
-        ])
-    return JSONResponse({
-        "model": engine.name, "top_k": k, "top_k_capped": form.options["top_k"] > k, "predictions": predictions,
-    })
+    if len(targets) == 1:
+        return JSONResponse(_top_k(targets[0], results, form.options["top_k"]))
+    # Several heads on one backbone: each image ran through the backbone once, for all of them.
+    return JSONResponse({"models": {t.name: _top_k(t, results, form.options["top_k"]) for t in targets}})
 
 
 async def embed(request: Request) -> Response:
     graft = service()
     form = await read_form(request, EMBED_FIELDS, max_images=graft.config.max_images)
-    engine = graft.engine(form.options["model"])
+    target = graft.target(form.options["model"])
     results = await watched(
-        request, graft.run_images(engine, form.images, timeout_ms=form.options["timeout_ms"]), engine.name,
+        request, graft.run_images(target.engine, form.images, timeout_ms=form.options["timeout_ms"]), target.name,
     )
-    vectors = np.stack([result["embedding"] for result in results])
+    vectors = target.outputs(results)["embedding"]
     if form.options["normalize"]:
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return JSONResponse({
-        "model": engine.name, "dim": int(vectors.shape[1]), "normalized": form.options["normalize"],
+        "model": target.name, "dim": int(vectors.shape[1]), "normalized": form.options["normalize"],
         "embeddings": vectors.tolist(),
     })
 
 
 async def list_models(request: Request) -> Response:
     graft = service()
-    return JSONResponse({
-        "default": graft.default_model, "models": [engine.summary() for engine in graft.engines.values()],
-    })
+    heads = [(served.backbone, graft.heads.summary(name)) for name, served in graft.heads.items()]
+    return JSONResponse({"default": graft.default_model, "models": [
+        {**engine.summary(), "heads": [summary for backbone, summary in heads if backbone == name]}
+        for name, engine in graft.engines.items()
+    ]})
 
 
 async def openapi(request: Request) -> Response:
@@ -154,17 +117,20 @@ async def docs_page(request: Request) -> Response:
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/classify", classify,
              "Top-k labels for each image (softmax probabilities, best first), one list per image in order.",
-             form=CLASSIFY_FIELDS, response=schemas.ClassifyResponse, errors=(400, 404, 413, 429, 503),
-             inference=True),
+             form=CLASSIFY_FIELDS, response=schemas.ClassifyResponse, errors=(400, 401, 404, 413, 429, 503),
+             access="api", guarded=True),
     Endpoint("POST", "/embed", embed, "One embedding per image, in order; L2-normalised unless normalize=false.",
-             form=EMBED_FIELDS, response=schemas.EmbedResponse, errors=(400, 404, 413, 429, 503), inference=True),
+             form=EMBED_FIELDS, response=schemas.EmbedResponse, errors=(400, 401, 404, 413, 429, 503),
+             access="api", guarded=True),
     Endpoint("GET", "/models", list_models,
-             "The served models: task, label count, embedding dim, version, execution provider.",
-             response=schemas.ModelsResponse),
+             "The served models: task, label count, embedding dim, version, execution provider, heads.",
+             response=schemas.ModelsResponse, errors=(401,), access="api"),
     Endpoint("GET", "/docs", docs_page, "This page: every route with its fields, responses and errors."),
     Endpoint("GET", "/", docs_page, "The same page as /docs."),
     Endpoint("GET", "/openapi.json", openapi, "The OpenAPI 3 description of every route."),
     Endpoint("GET", "/docs.json", openapi, "The same as /openapi.json (the path BentoML used)."),
+    *head_routes.ENDPOINTS,
+    *v2.ENDPOINTS,
 )
 
 BENTOML_ROUTES = {
@@ -177,12 +143,16 @@ BENTOML_ROUTES = {
 
 async def not_found(request: Request) -> Response:
     """Every path and method the table does not serve: 405 for a known path, else 404."""
-    path = request.url.path.rstrip("/") or "/"
-    methods = sorted({endpoint.method for endpoint in ENDPOINTS if endpoint.path == path})
+    path = request.url.path
+    methods = sorted({
+        method for route in request.app.routes if route.path != CATCH_ALL
+        and route.matches(request.scope)[0] == Match.PARTIAL for method in route.methods - {"HEAD"}
+    })
     if methods:
-        raise MethodNotAllowed(expected=f"{' or '.join(methods)} on {path}", got=request.method,
+        raise MethodNotAllowed(expected=f"{' or '.join(methods)} on {path.rstrip('/') or '/'}", got=request.method,
                                headers={"Allow": ", ".join(methods)})
-    routes = [f"{e.method} {e.path}" for e in ENDPOINTS] + [f"GET {path}" for path in BENTOML_ROUTES]
+    routes = [f"{e.method} {e.path}" for e in ENDPOINTS if not e.path.startswith("/v2")]
+    routes += [f"GET {path}" for path in BENTOML_ROUTES] + ["the Open Inference Protocol under /v2"]
     raise NotFound(expected=f"one of {', '.join(routes)}", got=f"{request.method} {request.url.path}")
 
 
@@ -206,19 +176,40 @@ async def server_fault(request: Request, error: Exception) -> Response:
     )
 
 
+CATCH_ALL = "/{path:path}"
+
+
+def _checking_access(endpoint: Endpoint) -> Handler:
+    """`endpoint`'s handler behind its access rule: the admin token, an API key, or none."""
+    if endpoint.access == "public":
+        return endpoint.handler
+
+    async def handler(request: Request) -> Response:
+        auth = service().auth
+        if endpoint.access == "admin":
+            auth.require_admin(request.headers.get("authorization"))
+        else:
+            auth.require_api_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        return await endpoint.handler(request)
+
+    return handler
+
+
 def build_app(config: ServeConfig) -> Starlette:
     """The Starlette app for every graft route, with its guard and exception handlers."""
-    routes = []
+    routes, guarded = [], []
     for endpoint in ENDPOINTS:
-        routes.append(Route(endpoint.path, endpoint.handler, methods=[endpoint.method]))
-        if endpoint.path != "/":  # accept a trailing slash instead of redirecting (307)
-            routes.append(Route(endpoint.path + "/", endpoint.handler, methods=[endpoint.method]))
-    routes.append(Route("/{path:path}", not_found, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
-    guarded = frozenset(p for e in ENDPOINTS if e.inference for p in (e.path, e.path + "/"))
+        # A trailing slash is the same route (Starlette would answer 307 and make clients re-send).
+        for path in {endpoint.path, endpoint.path.rstrip("/") + "/"}:
+            route = Route(path, _checking_access(endpoint), methods=[endpoint.method])
+            routes.append(route)
+            if endpoint.guarded:
+                guarded.append(route)
+    routes.append(Route(CATCH_ALL, not_found, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
     return Starlette(
         routes=routes,
         middleware=[Middleware(
-            RequestGuard, paths=guarded, max_request_bytes=config.max_request_bytes,
+            RequestGuard, routes=guarded, max_request_bytes=config.max_request_bytes,
             max_concurrency=config.max_concurrency,
         )],
         exception_handlers={

@@ -39,6 +39,33 @@ class ModelSummary(BaseModel):
     input_size: list[int]
     precision: str
     provider: str = Field(description="the ONNX Runtime execution provider the session runs on")
+    heads: list[HeadSummary] = Field(description="heads served on this model's embedding")
+
+
+class HeadSummary(BaseModel):
+    name: str
+    backbone: str = Field(description="the served model whose embedding the head reads")
+    num_labels: int
+    labels: list[str]
+    source: str = Field(description="api (fitted through POST /heads) or run (exported from a training run)")
+    num_images: int
+    images_per_class: dict[str, int]
+    accuracy_estimate: float | None
+    accuracy_method: str
+    version: str
+    created_at: str
+
+
+class HeadFitResponse(BaseModel):
+    name: str
+    backbone: str
+    labels: list[str]
+    num_images: int
+    images_per_class: dict[str, int]
+    accuracy_estimate: float = Field(description="cross-validated accuracy of the fit, 0..1")
+    accuracy_method: str
+    fit_seconds: float
+    version: str
 
 
 class ModelsResponse(BaseModel):

@@ -11,13 +11,9 @@ import asyncio
 import http.server
 import io
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -32,65 +28,7 @@ from graft.artifact.preprocessing import preprocess
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-REPO = Path(__file__).resolve().parents[2]
-EMBEDDER = "tf_efficientnet_lite0-embedder"
-LIMITS = {"GRAFT_MAX_IMAGES": "8", "GRAFT_MAX_PIXELS": "4000000", "GRAFT_MAX_REQUEST_BYTES": str(4 << 20)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log: Path
-    readiness: list[int] = field(default_factory=list)  # /readyz statuses seen while starting (0: refused)
-    early_classify: httpx.Response | None = None  # a /classify sent while /readyz said 503
-
-
-@pytest.fixture(scope="module")
-def server(lite0_classifier, lite0_embedder, tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    # Only this module's settings: not the caller's GRAFT_* (nor those the in-process suite sets).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update(LIMITS)
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "graft.cli", "serve", "--model", str(lite0_classifier),
-             "--model", str(lite0_embedder), "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    running = Server(f"http://127.0.0.1:{port}", process, log)
-    started = time.monotonic()
-    try:
-        while True:
-            assert process.poll() is None, f"server exited: {log.read_text()[-3000:]}"
-            assert time.monotonic() - started < 150, f"not ready in 150 s: {log.read_text()[-3000:]}"
-            try:
-                status = httpx.get(running.url + "/readyz", timeout=5).status_code
-            except httpx.TransportError:
-                status = 0
-            running.readiness.append(status)
-            if status == 200:
-                break
-            if status == 503 and running.early_classify is None:
-                running.early_classify = httpx.post(
-                    running.url + "/classify", files=upload(png((64, 64))), timeout=30
-                )
-            time.sleep(0.05)
-        yield running
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the session we started: bentoml and its workers
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
+from tests.e2e.conftest import EMBEDDER, REPO, png, upload
 
 @pytest.fixture(scope="module")
 def reference(lite0_classifier, lite0_embedder, photo_jpegs):
@@ -115,14 +53,6 @@ def reference(lite0_classifier, lite0_embedder, photo_jpegs):
             else:
                 entry["embedder_embedding"] = outputs["embedding"][i]
     return results
-
-
-def upload(*paths_or_bytes, field_name: str = "images"):
-    parts = []
-    for i, item in enumerate(paths_or_bytes):
-        data = item.read_bytes() if isinstance(item, Path) else item
-        parts.append((field_name, (f"{i}.jpg", data, "image/jpeg")))
-    return parts
 
 
 def test_readyz_is_503_until_models_are_warmed(server):
@@ -212,12 +142,6 @@ def test_stage_metrics_are_labelled_by_model(server, photo_jpegs):
         assert f'graft_stage_duration_seconds_count{{model="tf_efficientnet_lite0",stage="{stage}"}}' in text
 
 
-def png(size) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (200, 30, 30)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 class _Recorder(http.server.BaseHTTPRequestHandler):
     hits: list[str] = []
 
@@ -265,7 +189,7 @@ def test_bad_inputs_get_4xx_json_and_the_server_keeps_serving(server, photo_jpeg
             assert set(body) == {"error", "expected", "got"} and body["error"], body
         wrong_method = httpx.get(server.url + "/classify", timeout=60)
         assert wrong_method.status_code == 405
-        assert wrong_method.json()["expected"] == "POST with a multipart form to /classify"
+        assert wrong_method.json()["expected"] == "POST on /classify"
         typo = httpx.post(server.url + "/clasify", files=upload(jpeg), timeout=60)
         assert typo.status_code == 404 and typo.json()["got"] == "POST /clasify"
     finally:
@@ -294,7 +218,7 @@ def server_processes(root: int) -> list[int]:
 
 def test_no_server_process_has_torch_loaded(server):
     processes = server_processes(server.process.pid)
-    assert len(processes) >= 3, "expected the arbiter, the API worker and the inference worker"
+    assert len(processes) >= 2, "expected the arbiter and a worker"
     for pid in processes:
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert "/torch/" not in maps and "libtorch" not in maps, f"process {pid} has torch mapped"
@@ -302,24 +226,21 @@ def test_no_server_process_has_torch_loaded(server):
     assert any("onnxruntime" in Path(f"/proc/{pid}/maps").read_text() for pid in processes)
 
 
-def test_bentoml_build_packages_the_service_without_torch(lite0_classifier, tmp_path):
+def test_bentoml_build_packages_graft_without_torch(lite0_classifier, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
-    registered = subprocess.run(
-        [sys.executable, "-c", f"from export import register_artifact; print(register_artifact({str(lite0_classifier)!r}))"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert registered.returncode == 0, registered.stderr[-2000:]
-    tag = registered.stdout.strip().splitlines()[-1]
     built = subprocess.run(
-        [str(Path(sys.executable).parent / "bentoml"), "build", "--output", "tag"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+        ["make", "--no-print-directory", "bento", f"MODEL={lite0_classifier}",
+         f"BENTOML={Path(sys.executable).parent / 'bentoml'}", f"GRAFT={Path(sys.executable).parent / 'graft'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
-    assert built.returncode == 0, built.stderr[-3000:]
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-3000:]
     (bento,) = (tmp_path / "bentoml" / "bentos" / "graft").glob("*/bento.yaml")
     root = bento.parent
-    assert f"tag: {tag}" in bento.read_text(), "the default model is not bundled"
+    text = bento.read_text()
+    assert "tf_efficientnet_lite0:" in text, "the model is not bundled"
     requirements = (root / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime-gpu" in requirements and "nvidia-cudnn-cu13" in requirements
     assert "torch" not in requirements.lower()
-    sources = {p.relative_to(root / "src").parts[0] for p in (root / "src").rglob("*.py")}
-    assert sources == {"service", "artifact"}
+    wheels = [p.name for p in (root / "env" / "python" / "wheels").glob("graft-*.whl")]
+    assert len(wheels) == 1, "graft itself is installed from its wheel"
+    assert not list((root / "src").rglob("*.py")), "no source folders copied beside the wheel"

@@ -159,7 +159,9 @@ def test_default_outputs_are_all_of_them_in_binary(client, jpegs, classified):
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_preprocessed_fp32_matches_classify(client, manifest, jpegs, classified, binary):
     spec = manifest.preprocessing
-    pixels = np.stack([preprocess(decode_image(data, min_side=spec.resize_size), spec) for data in jpegs.values()])
+    # JSON carries about 20 bytes per float: one 224-px image stays under the e2e server's 4 MiB limit.
+    count = len(jpegs) if binary else 1
+    pixels = np.stack([preprocess(decode_image(data, min_side=spec.resize_size), spec) for data in list(jpegs.values())[:count]])
     tensor = triton.InferInput(manifest.io.input.name, list(pixels.shape), "FP32")
     tensor.set_data_from_numpy(pixels, binary_data=binary)
     version = client.get_model_metadata(CLASSIFIER)["versions"][0]
@@ -168,7 +170,7 @@ def test_preprocessed_fp32_matches_classify(client, manifest, jpegs, classified,
         outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=TOP)],
     )
     assert result.get_response()["id"] == "fp32"
-    assert_matches_classify(result.as_numpy("probabilities"), classified)
+    assert_matches_classify(result.as_numpy("probabilities"), classified[:count])
 
 
 def test_classification_on_logits_reports_logit_values(client, jpegs, classified):

@@ -75,24 +75,31 @@ def test_no_histograms_means_none():
     assert metrics.stage_seconds(empty) is None
 
 
-def _row(server, size, clients, images_per_s, p50=10.0):
+def _row(server, size, clients, images_per_s, p50=10.0, p99=20.0, errors=None, error_latency_ms=None):
     return {"server": server, "endpoint": "classify", "size": size, "concurrency": clients,
-            "images_per_s": images_per_s, "latency_ms": {"p50": p50}}
+            "images_per_s": images_per_s, "latency_ms": {"p50": p50, "p99": p99},
+            "errors": errors or {}, "error_latency_ms": error_latency_ms or {}}
 
 
 def test_targets_report_ratios_and_verdicts():
     rows = [_row("graft", "224", 16, 90.0), _row("graft", "224", 1, 30.0, p50=20.0),
-            _row("graft", "2000", 16, 45.0), _row("baseline", "224", 16, 30.0)]
-    ceiling = {"best": {"images_per_s": 100.0}, "batch1": {"latency_ms": {"p50": 14.0}}}
-    efficiency, speedup, single, large = evaluate_targets(rows, ceiling)
+            _row("graft", "2000", 16, 45.0), _row("baseline", "224", 16, 30.0),
+            _row("graft", "224", 64, 90.0, p99=800.0),
+            _row("graft", "224", 200, 85.0, p99=1200.0, errors={"429": 500, "503": 2},
+                 error_latency_ms={"429": {"p99": 40.0}})]
+    pipeline = {"images_per_second": 100.0, "batch1_p50_ms": 14.0}
+    efficiency, speedup, single, large, refused, accepted, failures = evaluate_targets(rows, pipeline, 200)
     assert (efficiency["value"], efficiency["met"]) == (pytest.approx(0.9), True)
     assert (speedup["value"], speedup["met"]) == (pytest.approx(3.0), False)
-    assert (single["value"], single["met"]) == (pytest.approx(20 / 19), False)
+    assert (single["value"], single["met"]) == (pytest.approx(20 / 17), False)
     assert (large["value"], large["met"]) == (pytest.approx(0.5), False)
+    assert (refused["value"], refused["met"]) == (40.0, True)
+    assert (accepted["value"], accepted["met"]) == (pytest.approx(1.5), True)
+    assert (failures["value"], failures["met"]) == (2, False)
 
 
 def test_targets_without_a_baseline_are_not_measured():
-    targets = evaluate_targets([_row("graft", "224", 16, 90.0)], None)
+    targets = evaluate_targets([_row("graft", "224", 16, 90.0)], None, None)
     assert all(t["met"] is None for t in targets)
 
 

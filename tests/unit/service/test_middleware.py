@@ -4,6 +4,7 @@ import asyncio
 
 import httpx
 from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from graft.service.middleware import RequestGuard
 
@@ -17,7 +18,7 @@ async def slow_app(scope, receive, send):
 
 
 def guarded(**limits):
-    app = RequestGuard(slow_app, paths=frozenset({"/classify"}), **limits)
+    app = RequestGuard(slow_app, routes=[Route("/classify", slow_app, methods=["POST"])], **limits)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 

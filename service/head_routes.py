@@ -1,0 +1,99 @@
+"""`POST /heads`, `GET /heads`, `GET|DELETE /heads/{name}`: transfer learning inside the service.
+
+A fit embeds the labelled images with the served backbone through the same batcher as every other
+request, fits a softmax regression in a worker thread (numpy/scipy), writes the head atomically
+under `GRAFT_HEADS_DIR` and serves it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from graft import __version__
+from graft.artifact.heads import NAME_PATTERN, Provenance, make_head, now
+from graft.service import schemas
+from graft.service.endpoint import Endpoint, service, watched
+from graft.service.errors import BadRequest
+from graft.service.forms import Field, boolean, read_form, text
+from graft.service.head_fit import fit_head
+
+FIT_FIELDS = {
+    "name": Field(text, "", f"the head's name: {NAME_PATTERN}, not a served model's name"),
+    "labels": Field(text, None, "one label per image, in the same order as the images", repeated=True),
+    "backbone": Field(text, "", "the served model whose embedding the head reads; empty for the default model"),
+    "overwrite": Field(boolean, False, "true or false: replace an existing head of that name"),
+}
+
+
+async def create_head(request: Request) -> Response:
+    graft = service()
+    config = graft.config
+    form = await read_form(request, FIT_FIELDS, max_images=config.max_fit_images)
+    name, labels, overwrite = form.options["name"], form.options["labels"], form.options["overwrite"]
+    if not name:
+        raise BadRequest(expected=f"a form field 'name' matching {NAME_PATTERN}", got="none")
+    if len(labels) != len(form.images):
+        raise BadRequest(expected="one 'labels' value per image, in the same order",
+                         got=f"{len(labels)} labels for {len(form.images)} images")
+    if len(set(labels)) > config.max_classes:
+        raise BadRequest(expected=f"at most {config.max_classes} classes", got=str(len(set(labels))))
+    target = graft.target(form.options["backbone"])
+    if target.head is not None:
+        raise BadRequest(expected="a served model as the backbone", got=f"head {target.name!r}")
+    engine = target.engine
+    reserved = set(graft.engines)
+    graft.heads.check_put(name, engine.name, overwrite=overwrite, reserved=reserved)
+    results = await watched(request, graft.run_images(engine, form.images, max_images=config.max_fit_images),
+                            engine.name)
+    embeddings = np.stack([result["embedding"] for result in results])
+    loop = asyncio.get_running_loop()
+    fit = await loop.run_in_executor(None, fit_head, embeddings, labels)
+    head = make_head(
+        name, fit.classes, weight=fit.weights, bias=fit.bias, mean=fit.mean, scale=fit.scale,
+        backbone=engine.manifest,
+        provenance=Provenance(
+            source="api", num_images=len(labels), images_per_class=fit.images_per_class,
+            accuracy=fit.accuracy_estimate, accuracy_method=fit.estimate_method, created_at=now(),
+            graft_version=__version__,
+        ),
+    )
+    await loop.run_in_executor(None, lambda: graft.heads.put(head, engine.name, overwrite=overwrite, reserved=reserved))
+    return JSONResponse({
+        "name": name, "backbone": engine.name, "labels": list(fit.classes), "num_images": len(labels),
+        "images_per_class": fit.images_per_class, "accuracy_estimate": fit.accuracy_estimate,
+        "accuracy_method": fit.estimate_method, "fit_seconds": round(fit.seconds, 3), "version": head.spec.version,
+    }, status_code=201)
+
+
+async def list_heads(request: Request) -> Response:
+    heads = service().heads
+    return JSONResponse({"heads": [heads.summary(name) for name, _ in heads.items()]})
+
+
+async def show_head(request: Request) -> Response:
+    return JSONResponse(service().heads.summary(request.path_params["name"]))
+
+
+async def delete_head(request: Request) -> Response:
+    name = request.path_params["name"]
+    await asyncio.get_running_loop().run_in_executor(None, service().heads.delete, name)
+    return JSONResponse({"deleted": name})
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("POST", "/heads", create_head,
+             "Fit a head (softmax regression on the backbone's embedding) from labelled images and serve it at "
+             "once as a model for /classify; needs the admin token.",
+             form=FIT_FIELDS, response=schemas.HeadFitResponse, errors=(400, 401, 403, 404, 409, 413, 429, 503),
+             access="admin", guarded=True),
+    Endpoint("GET", "/heads", list_heads, "The served heads with their backbone, labels and provenance.",
+             errors=(401,), access="api"),
+    Endpoint("GET", "/heads/{name}", show_head, "One head: backbone, labels, provenance, accuracy estimate.",
+             errors=(401, 404), access="api"),
+    Endpoint("DELETE", "/heads/{name}", delete_head, "Stop serving a head and remove it from disk; needs the admin token.",
+             errors=(401, 403, 404, 409), access="admin"),
+)
