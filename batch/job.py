@@ -24,7 +24,7 @@ from typing import Iterator
 
 from graft.artifact.errors import GraftError
 from graft.artifact.image import DEFAULT_MAX_PIXELS
-from graft.artifact.manifest import read_manifest
+from graft.artifact.manifest import Manifest, read_manifest
 from graft.artifact.outputs import check_output_dir, move_into_place
 from graft.batch.sources import BatchInputError, FileSource, ParquetSource, resolve_model, resolve_source
 from graft.batch.stages import CLASSIFY, EMBED, PATH, Infer, artifact_files, decode
@@ -137,17 +137,21 @@ def ray_session(address: str | None) -> Iterator[float]:
         ray.shutdown()
 
 
-def _check(config: JobConfig) -> tuple[Path, object, FileSource | ParquetSource]:
+def _check(config: JobConfig) -> tuple[Path, Manifest, FileSource | ParquetSource, tuple[str, str]]:
+    """Everything checked before Ray starts; returns the artifact, its source rows and (model, version) names."""
     if config.task not in (EMBED, CLASSIFY):
         raise BatchInputError(f"expected task embed or classify, got {config.task!r}")
     directory = resolve_model(config.model)
     manifest = read_manifest(directory)
+    names = (manifest.name, manifest.version)
     if config.head is not None:
         if config.task != CLASSIFY:
             raise BatchInputError("expected --head with `graft batch classify`, got it with embed")
         from graft.artifact.heads import read_head
 
-        read_head(config.head).check_backbone(manifest)
+        head = read_head(config.head)
+        head.check_backbone(manifest)
+        names = (f"{manifest.name}+{head.name}", f"{manifest.version}+{head.spec.version}")
     elif config.task == CLASSIFY and manifest.task != "classifier":
         raise BatchInputError(
             f"expected a classifier artifact (or --head) for classify, got {manifest.task} {manifest.name}"
@@ -155,7 +159,7 @@ def _check(config: JobConfig) -> tuple[Path, object, FileSource | ParquetSource]
     source = resolve_source(config.input, column=config.column)
     check_output_dir(config.output, config.overwrite, marker=SUMMARY_FILE, what="batch output directory",
                      error=BatchInputError)
-    return directory, manifest, source
+    return directory, manifest, source, names
 
 
 def _dataset(source: FileSource | ParquetSource):
@@ -186,7 +190,7 @@ def run_job(config: JobConfig) -> JobSummary:
         BatchInputError: bad model, input or output, found before Ray starts.
         GraftError: the pipeline failed (nothing is left at the output path).
     """
-    directory, manifest, source = _check(config)
+    directory, manifest, source, (model, version) = _check(config)
     out = config.output.resolve()
     tmp = out.parent / f"{out.name}.tmp-{uuid.uuid4().hex[:12]}"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -241,13 +245,6 @@ def run_job(config: JobConfig) -> JobSummary:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     try:
-        version = manifest.version
-        model = manifest.name
-        if config.head is not None:
-            from graft.artifact.heads import read_head
-
-            head = read_head(config.head)
-            model, version = f"{model}+{head.name}", f"{version}+{head.spec.version}"
         summary = JobSummary(
             task=config.task, model=model, version=version, output=str(out), images=images, errors=errors,
             seconds=round(seconds, 3), images_per_second=round(images / seconds, 2) if seconds else 0.0,
