@@ -1,0 +1,100 @@
+"""Fitting a head from labelled embeddings: real Lite0 embeddings of Fashion-MNIST, and the refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graft.artifact.heads import Provenance, make_head
+from graft.artifact.manifest import read_manifest
+from graft.service.errors import BadRequest
+from graft.service.head_fit import fit_head
+
+PER_CLASS_FIT, PER_CLASS_TEST = 10, 20
+
+
+@pytest.fixture(scope="module")
+def fmnist_embeddings(lite0_embedder, tmp_path_factory):
+    """Lite0 artifact embeddings of Fashion-MNIST test images: 10 per class to fit, 20 per class held out."""
+    from graft.artifact.preprocessing import preprocess_batch
+    from graft.artifact.runtime import Runner
+    from graft.models.data import fashion_mnist
+
+    manifest = read_manifest(lite0_embedder)
+    runner = Runner(Path(lite0_embedder), manifest, buckets=(32,), providers=("CPUExecutionProvider",),
+                    intra_op_threads=0, trt_cache_dir=tmp_path_factory.mktemp("trt"))
+    images = fashion_mnist("t10k")
+    rng = np.random.default_rng(0)
+    picks = [rng.permutation(np.flatnonzero(images.targets == c))[: PER_CLASS_FIT + PER_CLASS_TEST] for c in range(10)]
+    fit = np.concatenate([p[:PER_CLASS_FIT] for p in picks])
+    test = np.concatenate([p[PER_CLASS_FIT:] for p in picks])
+
+    def embed(indices):
+        batch = preprocess_batch([images.image(i) for i in indices], manifest.preprocessing)
+        return runner.infer(batch)["embedding"]
+
+    labels = np.array(images.labels)
+    return manifest, embed(fit), list(labels[images.targets[fit]]), embed(test), labels[images.targets[test]]
+
+
+@pytest.mark.slow
+def test_few_shot_head_on_real_embeddings(fmnist_embeddings):
+    manifest, x, labels, test_x, test_labels = fmnist_embeddings
+    result = fit_head(x, labels, seed=0)
+    assert result.classes == tuple(sorted(set(labels)))
+    assert result.weights.shape == (10, manifest.embedding_dim) and result.weights.dtype == np.float32
+    assert result.bias.shape == (10,) and result.mean.shape == result.scale.shape == (manifest.embedding_dim,)
+    assert result.images_per_class == {label: PER_CLASS_FIT for label in result.classes}
+    assert result.estimate_method.startswith("stratified 5-fold cross-validation")
+    # The head artifact applies exactly the fitted map, on raw (unnormalised) embeddings.
+    head = make_head("fmnist", result.classes, weight=result.weights, bias=result.bias, mean=result.mean,
+                     scale=result.scale, backbone=manifest,
+                     provenance=Provenance(source="api", num_images=len(labels), images_per_class=result.images_per_class,
+                                           accuracy=result.accuracy_estimate, accuracy_method=result.estimate_method))
+    predicted = np.array(result.classes)[head.apply(test_x).argmax(1)]
+    accuracy = float(np.mean(predicted == test_labels))
+    # 10 per class: the issue measured 0.76 on the full test split; 200 held-out images vary by a few points.
+    assert accuracy >= 0.65, accuracy
+    assert abs(result.accuracy_estimate - accuracy) <= 0.15  # the estimate is honest, not the training accuracy
+    again = fit_head(x, labels, seed=0)
+    np.testing.assert_array_equal(again.weights, result.weights)
+    assert again.accuracy_estimate == result.accuracy_estimate
+
+
+@pytest.mark.slow
+def test_two_images_per_class_give_two_folds(fmnist_embeddings):
+    _, x, labels, _, _ = fmnist_embeddings
+    keep = np.concatenate([np.flatnonzero(np.array(labels) == c)[:2] for c in sorted(set(labels))[:3]])
+    result = fit_head(x[keep], [labels[i] for i in keep])
+    assert result.estimate_method.startswith("stratified 2-fold") and len(result.classes) == 3
+
+
+X = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "embeddings, labels, expected, got",
+    [
+        (X, ["a"] * 6, "images of at least 2 classes", "1 class ('a')"),
+        (X, ["a"] * 5 + ["b"], "at least 2 images per class", "1 image of 'b'"),
+        (X, ["a", "b"] * 2, "one label per image (6 labels)", "4 labels"),
+        (X[:, :0], ["a", "b"] * 3, "embeddings of shape [N, D] with N, D > 0", "shape [6, 0]"),
+        (np.where(np.eye(6, 8) > 0, np.nan, X), ["a", "b"] * 3, "finite embeddings", "NaN or infinity"),
+        (X, ["a", "b", "a", "b", "a", " "], "non-empty labels", "an empty label"),
+    ],
+)
+def test_bad_requests_say_expected_and_got(embeddings, labels, expected, got):
+    with pytest.raises(BadRequest) as error:
+        fit_head(embeddings, labels)
+    assert (error.value.expected, error.value.got, error.value.status) == (expected, got, 400)
+    assert str(error.value) == f"expected {expected}, got {got}"
+
+
+def test_fit_module_is_torch_free():
+    import subprocess
+    import sys
+
+    code = "import sys, graft.service.head_fit; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
