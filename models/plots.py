@@ -53,7 +53,8 @@ def draw_metric(ax, history: Sequence[dict], metric: str, *, label: str = "", co
             epochs, values = zip(*points)
             name = "training" if split == "train" else "evaluation"
             parts = [p for p in (label, name, phase if len(groups) > 1 else "") if p]
-            ax.plot(epochs, values, style, marker="o" if len(points) < 30 else None, markersize=4,
+            marker = ("o" if split == "train" else "s") if len(points) < 30 else None  # single points stay apart
+            ax.plot(epochs, values, style, marker=marker, markersize=4,
                     color=color if color is not None else f"C{2 * index + (split == 'val')}",
                     label=" ".join(parts))
     ax.set_xlabel("epoch")
