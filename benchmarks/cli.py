@@ -155,6 +155,8 @@ def register_batch(what: argparse._SubParsersAction) -> None:
     batch.add_argument("--sizes", default="224,640", help="JPEG sizes mixed in the collection (default: %(default)s)")
     batch.add_argument("--seconds", type=_positive(float), default=5.0, help="ceiling: seconds per batch size (default: %(default)s)")
     batch.add_argument("--batch-size", type=_positive(int), default=32, help="graft batch: images per ORT call (default: %(default)s)")
+    batch.add_argument("--service-clients", type=int, default=16,
+                       help="also drive `graft serve` /embed on the same JPEGs with this many clients; 0 skips (default: %(default)s)")
     batch.add_argument("--repeat", type=_positive(int), default=1, help="ceiling + job rounds (default: %(default)s)")
     batch.add_argument("--work", type=Path, default=Path("artifacts/bench-batch"),
                        help="where the collection is written and reused (default: %(default)s)")
@@ -208,9 +210,21 @@ def run_batch(args: argparse.Namespace) -> int:
             f"load {load_start[0]:.1f} -> {rounds[-1]['load_average_end'][0]:.1f}"
         )
     median = statistics.median(r["ratio_to_ceiling"] for r in rounds)
+    service = None
+    if args.service_clients:
+        from graft.benchmarks.load import Workload, run_load
+        from graft.benchmarks.service_bench import Server, free_port, graft_argv
+
+        port = free_port()  # the service on the same files: /embed, closed-loop clients, one image each
+        with Server("graft", graft_argv(args.model, port), port, out / "graft-server.log") as server:
+            load = run_load(Workload(f"{server.url}/embed", unique), concurrency=args.service_clients,
+                            max_requests=1000, max_seconds=10, label="embed")
+        service = load.figures()
+        print(f"graft service /embed, {args.service_clients} clients: {service['images_per_s']:.1f} images/s, "
+              f"p50 {service['latency_ms'].get('p50', float('nan')):.0f} ms, errors {service['errors']}")
     result = {
         "kind": "batch", "command": shlex.join(["graft", *sys.argv[1:]]), "environment": env,
-        "images": args.images, "sizes": list(sizes), "rounds": rounds,
+        "images": args.images, "sizes": list(sizes), "rounds": rounds, "service": service,
         "median_ratio_to_ceiling": round(median, 3), "target_0_7_met": median >= 0.7,
     }
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
