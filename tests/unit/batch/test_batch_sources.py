@@ -60,3 +60,18 @@ def test_decode_stage_turns_null_and_missing_paths_into_errors(tmp_path, photo_j
     assert out["error"][1].startswith("FileNotFoundError")
     assert out["error"][2] == "" and out["pixels"][2].any() and not out["pixels"][0].any()
     assert out["id"].tolist() == [0, 1, 2] and out["pixels"].shape == (3, 224, 224, 3)
+
+
+def test_batch_path_imports_no_torch_and_no_service():
+    """Batch workers load only `artifact/`, ONNX Runtime, Ray and pyarrow (DESIGN: imports run one way)."""
+    import subprocess
+    import sys
+
+    forbidden = ("torch", "torchvision", "timm", "onnx", "graft.models", "graft.export", "graft.service")
+    code = (
+        "import sys; import graft.batch.job, graft.batch.stages, graft.batch.cli; "
+        f"bad = sorted(m for m in sys.modules if any(m == f or m.startswith(f + '.') for f in {forbidden!r})); "
+        "assert not bad, bad"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
