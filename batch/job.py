@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -116,6 +117,9 @@ class JobSummary:
 def ray_session(address: str | None) -> Iterator[float]:
     """Join the Ray at `address` (or `RAY_ADDRESS`), or start a local one for this job; yields the start-up seconds.
 
+    `address` is anything `ray.init` takes: `auto` (the cluster this machine belongs to), `host:port`,
+    `ray://host:10001` (Ray Client).
+
     A Ray already initialised in this process (a notebook, a test session) is used as it is and left
     running; one started here is shut down on the way out, whatever happens.
     """
@@ -125,8 +129,11 @@ def ray_session(address: str | None) -> Iterator[float]:
         yield 0.0
         return
     started = time.perf_counter()
+    # NOTE: "local", not None: with None Ray would also join whatever `ray start` last left on this
+    # machine (/tmp/ray/ray_current_cluster); joining a cluster is asked for explicitly (auto, host:port).
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(
-        address=address,  # None: RAY_ADDRESS if set, else a new local Ray
+        address=address,
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=log.isEnabledFor(logging.DEBUG),
