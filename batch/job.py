@@ -190,6 +190,52 @@ def _head_files(head: Path | None) -> dict[str, bytes] | None:
     return {p.name: p.read_bytes() for p in head.iterdir() if p.is_file()}
 
 
+def build_pipeline(config: JobConfig, directory: Path, manifest: Manifest, source: FileSource | ParquetSource):
+    """The job's Ray Data pipeline (lazy: nothing runs until it is written); needs a connected Ray.
+
+    Returns:
+        (dataset, actors, GPUs per actor).
+    """
+    import ray
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    gpus_per_actor = 1 if gpus >= 1 else 0
+    actors = config.actors or max(1, int(gpus))
+    spec = manifest.preprocessing
+    bytes_column = source.bytes_column if isinstance(source, ParquetSource) else None
+    path_column = source.path_column if isinstance(source, ParquetSource) else PATH
+    dataset = _dataset(source).map_batches(
+        decode,
+        batch_size=config.decode_batch_size,
+        fn_kwargs={"spec": spec, "max_pixels": config.max_pixels, "bytes_column": bytes_column,
+                   "path_column": path_column},
+        compute=TaskPoolStrategy(size=config.decode_tasks),
+        num_cpus=1,
+    ).map_batches(
+        Infer,
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        # Shipped through the object store (nested, so Ray hands the actor a reference rather than
+        # pinning it as a restartable constructor argument): nodes need no shared artifact path.
+        fn_constructor_args=([ray.put(artifact_files(directory))],),
+        fn_constructor_kwargs={
+            "task": config.task, "batch_size": config.batch_size, "providers": PROVIDERS,
+            "intra_op_threads": config.intra_op_threads, "trt_cache_dir": str(config.trt_cache_dir),
+            "top_k": config.top_k, "normalize_embeddings": config.normalize,
+            "head_files": None if config.head is None else [ray.put(_head_files(config.head))],
+        },
+        compute=ActorPoolStrategy(size=actors),
+        num_cpus=config.actor_cpus,
+        num_gpus=gpus_per_actor,
+        # NOTE: besides reserving what a session needs, a memory request makes the actor's remote
+        # args differ from the decode tasks', so Ray Data does not fuse decoding into the actor:
+        # fused, each actor would decode and infer in turn instead of overlapping the two.
+        memory=config.actor_memory,
+    )
+    return dataset, actors, gpus_per_actor
+
+
 def run_job(config: JobConfig) -> JobSummary:
     """Run one batch job end to end and return its summary.
 
@@ -202,45 +248,10 @@ def run_job(config: JobConfig) -> JobSummary:
     tmp = out.parent / f"{out.name}.tmp-{uuid.uuid4().hex[:12]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     with ray_session(config.ray_address) as ray_start:
-        import ray
-        from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+        from ray.data import DataContext
 
-        context = DataContext.get_current()
-        context.enable_progress_bars = config.progress
-        gpus = ray.cluster_resources().get("GPU", 0)
-        gpus_per_actor = 1 if gpus >= 1 else 0
-        actors = config.actors or max(1, int(gpus))
-        spec = manifest.preprocessing
-        bytes_column = source.bytes_column if isinstance(source, ParquetSource) else None
-        path_column = source.path_column if isinstance(source, ParquetSource) else PATH
-        dataset = _dataset(source).map_batches(
-            decode,
-            batch_size=config.decode_batch_size,
-            fn_kwargs={"spec": spec, "max_pixels": config.max_pixels, "bytes_column": bytes_column,
-                       "path_column": path_column},
-            compute=TaskPoolStrategy(size=config.decode_tasks),
-            num_cpus=1,
-        ).map_batches(
-            Infer,
-            batch_size=config.batch_size,
-            batch_format="numpy",
-            # Shipped through the object store (nested, so Ray hands the actor a reference rather than
-            # pinning it as a restartable constructor argument): nodes need no shared artifact path.
-            fn_constructor_args=([ray.put(artifact_files(directory))],),
-            fn_constructor_kwargs={
-                "task": config.task, "batch_size": config.batch_size, "providers": PROVIDERS,
-                "intra_op_threads": config.intra_op_threads, "trt_cache_dir": str(config.trt_cache_dir),
-                "top_k": config.top_k, "normalize_embeddings": config.normalize,
-                "head_files": None if config.head is None else [ray.put(_head_files(config.head))],
-            },
-            compute=ActorPoolStrategy(size=actors),
-            num_cpus=config.actor_cpus,
-            num_gpus=gpus_per_actor,
-            # NOTE: besides reserving what a session needs, a memory request makes the actor's remote
-            # args differ from the decode tasks', so Ray Data does not fuse decoding into the actor:
-            # fused, each actor would decode and infer in turn instead of overlapping the two.
-            memory=config.actor_memory,
-        )
+        DataContext.get_current().enable_progress_bars = config.progress
+        dataset, actors, gpus_per_actor = build_pipeline(config, directory, manifest, source)
         log.info("batch %s: %s on %d actor(s) (%d GPU each) -> %s", config.task, manifest.name, actors,
                  gpus_per_actor, out)
         started = time.perf_counter()

@@ -188,3 +188,18 @@ def test_cli_starts_and_stops_its_own_ray(lite0_classifier, photo_jpegs, tmp_pat
     assert pq.read_table(out).num_rows == len(photo_jpegs)
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     assert again.returncode == 2 and "pass --overwrite" in again.stderr.strip().splitlines()[-1]
+
+
+def test_decoding_stays_out_of_the_inference_actors(local_ray, lite0_classifier, photo_jpegs, tmp_path, capsys):
+    """Decode tasks and the ORT actor pool are separate operators, so decoding overlaps inference."""
+    from graft.batch.job import build_pipeline
+    from graft.batch.sources import resolve_source
+
+    config = JobConfig(task="embed", model=str(lite0_classifier), input=str(photo_jpegs["coffee"]), output=tmp_path / "o")
+    dataset, actors, gpus = build_pipeline(config, lite0_classifier, read_manifest(lite0_classifier),
+                                           resolve_source(config.input))
+    dataset.explain()
+    optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[-1]
+    assert "TaskPoolMapOperator[MapBatches(decode)]" in optimized
+    assert "ActorPoolMapOperator[MapBatches(Infer)]" in optimized
+    assert (actors, gpus) == (1, 0)
