@@ -139,9 +139,9 @@ class Inference:
         """The output for every image's eval input, batched: float32 [N, D] on CPU.
 
         NOTE: each batch's output is copied into one preallocated array and dropped at once, so
-        memory is the batch plus the outputs. ONNX Runtime returns its outputs as views of its own
-        arena; keeping every batch's view alive until a final concatenation pinned arena chunks
-        and grew the process by ~100+ KB per image (7.5 GB RSS for Fashion-MNIST's 60,000).
+        memory is the batch plus the outputs. ONNX Runtime returns its outputs as views of memory
+        it owns; keeping every batch's view alive until a final concatenation made training's
+        memory grow with the number of images, far beyond the outputs' own size.
         """
         batches = loader(EvalInputs(images, self.spec), batch_size, workers)
         progress = tqdm(batches, desc=desc, unit="batch", leave=False)
@@ -154,7 +154,7 @@ class Inference:
             out[start : start + len(result)] = result
             start += len(result)
             del result
-        return out if out is not None else torch.empty((0,), dtype=torch.float32)
+        return out if out is not None else torch.empty((0, 0), dtype=torch.float32)
 
 
 def _cache_key(backbone: str, weights_source: str, spec: PreprocessingSpec, images: ImageSet) -> str:
