@@ -9,30 +9,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from graft.argtypes import non_negative_int, positive
+
 logger = logging.getLogger(__name__)
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -45,16 +24,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output of graft batch")
     parser.add_argument("--column", help="Parquet input: the image-bytes or path column (default: detected)")
     parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray for this job)")
-    parser.add_argument("--batch-size", type=_positive(int), default=32, help="images per ONNX Runtime call (default: %(default)s)")
-    parser.add_argument("--actors", type=_positive(int),
+    parser.add_argument("--batch-size", type=positive(int), default=32, help="images per ONNX Runtime call (default: %(default)s)")
+    parser.add_argument("--actors", type=positive(int),
                         help="inference actors, one session each (default: one per GPU, 1 without GPUs)")
-    parser.add_argument("--decode-tasks", type=_positive(int),
+    parser.add_argument("--decode-tasks", type=positive(int),
                         help="most decode tasks at once (default: as many as free CPUs allow)")
-    parser.add_argument("--decode-batch-size", type=_positive(int), default=16,
+    parser.add_argument("--decode-batch-size", type=positive(int), default=16,
                         help="images per decode task call (default: %(default)s)")
-    parser.add_argument("--intra-op-threads", type=_non_negative_int, default=0,
+    parser.add_argument("--intra-op-threads", type=non_negative_int, default=0,
                         help="ONNX Runtime threads per actor; 0: one per physical core (default)")
-    parser.add_argument("--actor-cpus", type=_positive(float), default=1.0,
+    parser.add_argument("--actor-cpus", type=positive(float), default=1.0,
                         help="CPUs Ray reserves per inference actor (default: %(default)s)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -76,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="As embed, but softmax top-k (best first, as /classify) from the classifier's logits or a head.",
     )
     _add_common(classify)
-    classify.add_argument("--top-k", type=_positive(int), default=5, help="predictions per image (default: %(default)s)")
+    classify.add_argument("--top-k", type=positive(int), default=5, help="predictions per image (default: %(default)s)")
     classify.add_argument("--head", type=Path, help="head artifact directory applied to the backbone's embedding")
     classify.set_defaults(handler=run, task="classify")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graft.artifact.errors import GraftError
-from graft.artifact.manifest import MANIFEST_FILE
+from graft.artifact.store import ArtifactNotFound, resolve_artifact
 
 PARQUET_SUFFIX = ".parquet"
 PATH_COLUMNS = ("path", "file", "filename", "uri")
@@ -140,17 +140,7 @@ def resolve_model(reference: str) -> Path:
     Raises:
         BatchInputError: neither a directory with a manifest nor a tag in the local model store.
     """
-    path = Path(reference).expanduser()
-    if (path / MANIFEST_FILE).is_file():
-        return path.resolve()
-    if path.exists() or "/" in reference:
-        raise BatchInputError(f"expected an artifact directory with {MANIFEST_FILE}, got {reference}")
-    import bentoml
-    from bentoml.exceptions import BentoMLException
-
     try:
-        return Path(bentoml.models.get(reference).path)
-    except (BentoMLException, ValueError) as error:  # ValueError: not even a valid tag
-        raise BatchInputError(
-            f"expected an artifact directory or a BentoML model tag, got {reference!r} ({error})"
-        ) from None
+        return resolve_artifact(reference).resolve()
+    except ArtifactNotFound as error:
+        raise BatchInputError(str(error)) from None

@@ -10,22 +10,11 @@ import shlex
 import sys
 from pathlib import Path
 
+from graft.argtypes import positive
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path("artifacts/tf_efficientnet_lite0")
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-
-    return parse
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -64,12 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="artifact directory served, used for the ceiling and by the baseline (default: %(default)s)")
     service.add_argument("--url", help="benchmark an already running graft service (loopback only) serving --model")
     service.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline server")
-    service.add_argument("--baseline-threads", type=_positive(int), metavar="N",
+    service.add_argument("--baseline-threads", type=positive(int), metavar="N",
                          help="PyTorch threads in the baseline (default: PyTorch's; 1 avoids OpenMP stalls on a busy machine)")
     service.add_argument("--concurrency", type=_int_list, help="clients per cell (default 1,4,16,64; quick 1,16)")
-    service.add_argument("--max-requests", type=_positive(int), help="per cell (default 600; quick 16)")
-    service.add_argument("--max-seconds", type=_positive(float), help="seconds per cell, plus as long again for requests in flight (default 8; quick 2)")
-    service.add_argument("--images-per-request", type=_positive(int), help="image parts per request (default 1)")
+    service.add_argument("--max-requests", type=positive(int), help="per cell (default 600; quick 16)")
+    service.add_argument("--max-seconds", type=positive(float), help="seconds per cell, plus as long again for requests in flight (default 8; quick 2)")
+    service.add_argument("--images-per-request", type=positive(int), help="image parts per request (default 1)")
     service.add_argument("--quick", action="store_true", help="CI smoke test: few cells, few requests (< 2 min)")
     service.add_argument("--profile", action="store_true",
                          help="py-spy the servers during the /classify cells at 16 clients (perturbs those figures)")
@@ -151,13 +140,13 @@ def register_batch(what: argparse._SubParsersAction) -> None:
         "measure the in-process pipeline ceiling on the same bytes, then run `graft batch embed` on a local Ray.",
     )
     batch.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="artifact directory (default: %(default)s)")
-    batch.add_argument("--images", type=_positive(int), default=2000, help="files in the collection (default: %(default)s)")
+    batch.add_argument("--images", type=positive(int), default=2000, help="files in the collection (default: %(default)s)")
     batch.add_argument("--sizes", default="224,640", help="JPEG sizes mixed in the collection (default: %(default)s)")
-    batch.add_argument("--seconds", type=_positive(float), default=5.0, help="ceiling: seconds per batch size (default: %(default)s)")
-    batch.add_argument("--batch-size", type=_positive(int), default=32, help="graft batch: images per ORT call (default: %(default)s)")
+    batch.add_argument("--seconds", type=positive(float), default=5.0, help="ceiling: seconds per batch size (default: %(default)s)")
+    batch.add_argument("--batch-size", type=positive(int), default=32, help="graft batch: images per ORT call (default: %(default)s)")
     batch.add_argument("--service-clients", type=int, default=16,
                        help="also drive `graft serve` /embed on the same JPEGs with this many clients; 0 skips (default: %(default)s)")
-    batch.add_argument("--repeat", type=_positive(int), default=1, help="ceiling + job rounds (default: %(default)s)")
+    batch.add_argument("--repeat", type=positive(int), default=1, help="ceiling + job rounds (default: %(default)s)")
     batch.add_argument("--work", type=Path, default=Path("artifacts/bench-batch"),
                        help="where the collection is written and reused (default: %(default)s)")
     batch.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
@@ -249,8 +238,8 @@ def register_heads(what: argparse._SubParsersAction) -> None:
     heads.add_argument("--api-key", default=os.environ.get("GRAFT_API_KEY"),
                        help="an inference API key, if the service requires one (default: $GRAFT_API_KEY)")
     heads.add_argument("--shots", type=_int_list, default=(5, 10, 20, 50), help="images per class (default 5,10,20,50)")
-    heads.add_argument("--test-images", type=_positive(int), help="classify only the first N test images (default: all)")
-    heads.add_argument("--concurrency", type=_positive(int), default=4, help="/classify requests in flight (default: %(default)s)")
+    heads.add_argument("--test-images", type=positive(int), help="classify only the first N test images (default: all)")
+    heads.add_argument("--concurrency", type=positive(int), default=4, help="/classify requests in flight (default: %(default)s)")
     heads.add_argument("--seed", type=int, default=0, help="seeds the training images chosen (default: %(default)s)")
     heads.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
     heads.set_defaults(handler=run_heads)

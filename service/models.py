@@ -7,13 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graft.artifact.errors import GraftError
-from graft.artifact.manifest import MANIFEST_FILE, Manifest, read_manifest
+from graft.artifact.manifest import Manifest, read_manifest
+from graft.artifact.store import ArtifactNotFound, resolve_artifact
 
 log = logging.getLogger(__name__)
-
-
-class ModelNotFound(GraftError, LookupError):
-    """A model reference or a request's `model` names nothing the service can load or serves."""
 
 
 @dataclass(frozen=True)
@@ -39,24 +36,6 @@ class ServedModel:
         }
 
 
-def _resolve_directory(reference: str) -> Path:
-    """An artifact directory for a path or a BentoML model-store tag."""
-    path = Path(reference).expanduser()
-    if (path / MANIFEST_FILE).is_file():
-        return path
-    if path.exists() or "/" in reference:
-        raise ModelNotFound(f"expected an artifact directory with {MANIFEST_FILE}, got {reference}")
-    import bentoml
-    from bentoml.exceptions import BentoMLException
-
-    try:
-        return Path(bentoml.models.get(reference).path)
-    except (BentoMLException, ValueError) as error:  # ValueError: not even a valid tag
-        raise ModelNotFound(
-            f"expected an artifact directory or a BentoML model tag, got {reference!r} ({error})"
-        ) from error
-
-
 def split_reference(reference: str) -> tuple[str, str]:
     """`NAME=DIR_OR_TAG` -> (NAME, DIR_OR_TAG); a plain `DIR_OR_TAG` -> ("", DIR_OR_TAG)."""
     name, sep, target = reference.partition("=")
@@ -67,7 +46,7 @@ def load_models(references: tuple[str, ...]) -> dict[str, ServedModel]:
     """Resolve `DIR_OR_TAG` or `NAME=DIR_OR_TAG` references, in order, keyed by served name.
 
     Raises:
-        ModelNotFound: a reference resolves to nothing.
+        ArtifactNotFound: a reference resolves to nothing.
         ManifestError: an artifact's manifest is invalid.
         GraftError: no references, or two models under one name.
     """
@@ -76,7 +55,7 @@ def load_models(references: tuple[str, ...]) -> dict[str, ServedModel]:
     models: dict[str, ServedModel] = {}
     for reference in references:
         name, target = split_reference(reference)
-        directory = _resolve_directory(target)
+        directory = resolve_artifact(target)
         manifest = read_manifest(directory)
         name = name or manifest.name
         if name in models:
@@ -93,5 +72,5 @@ def pick_default(models: dict[str, ServedModel], default: str) -> str:
     if not default:
         return next(iter(models))
     if default not in models:
-        raise ModelNotFound(f"expected the default model to be one of {sorted(models)}, got {default!r}")
+        raise ArtifactNotFound(f"expected the default model to be one of {sorted(models)}, got {default!r}")
     return default
