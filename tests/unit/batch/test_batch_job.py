@@ -3,7 +3,7 @@
 Equality with the service is proven against the functions the service runs per image:
 `decode_image(min_side=resize_size, max_pixels)` -> `preprocess` -> `Runner.infer` -> L2 (/embed) or
 softmax + stable top-k (/classify), computed here in-process, one image at a time.
-TODO(e2e): cross-check against a running `bentoml serve` once the rewritten service lands.
+tests/e2e/test_batch_matches_service.py checks the same against a running server over HTTP.
 """
 
 from __future__ import annotations
