@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from graft.argtypes import non_negative_int, positive
+
 STRATEGIES = ("feature-extract", "fine-tune", "scratch")
 
 
@@ -26,24 +28,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="'fashion-mnist', or an image folder: one sub-folder per class, or train/ + val/")
     train.add_argument("--strategy", required=True, choices=STRATEGIES)
     train.add_argument("--out", required=True, type=Path, help="run dir to create")
-    train.add_argument("--epochs", type=_positive, default=None,
+    train.add_argument("--epochs", type=positive(), default=None,
                        help="feature-extract: head epochs (default 30); fine-tune: epochs after the "
                             "warm-up; scratch: epochs (both default 2)")
-    train.add_argument("--batch-size", type=_positive, default=32)
+    train.add_argument("--batch-size", type=positive(), default=32)
     train.add_argument("--lr", type=float, default=None,
                        help="learning rate of the head (default 1e-3); fine-tune trains the backbone at 0.1x")
     train.add_argument("--unfreeze", type=_unfreeze,
                        help="fine-tune: number of last backbone blocks to train, or 'all' (default 3)")
-    train.add_argument("--warmup-epochs", type=_non_negative,
+    train.add_argument("--warmup-epochs", type=non_negative_int,
                        help="fine-tune: head-only epochs on cached frozen features first (default 30)")
-    train.add_argument("--limit-train", type=_positive, default=None, help="stratified subsample of N training images")
-    train.add_argument("--limit-val", type=_positive, default=None, help="stratified subsample of N evaluation images")
+    train.add_argument("--limit-train", type=positive(), default=None, help="stratified subsample of N training images")
+    train.add_argument("--limit-val", type=positive(), default=None, help="stratified subsample of N evaluation images")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--weights", default="pretrained",
                        help="'pretrained' (default), 'none' (random init) or a state-dict file")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
-    train.add_argument("--workers", type=_non_negative,
+    train.add_argument("--workers", type=non_negative_int,
                        help="data-loading processes (default: CPU count / 4, at most 4)")
     train.set_defaults(handler=train_command)
 
@@ -59,22 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.set_defaults(handler=compare_command)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
 def _unfreeze(text: str) -> int | str:
-    return "all" if text == "all" else _non_negative(text)
+    return "all" if text == "all" else non_negative_int(text)
 
 
 def backbones_command(args: argparse.Namespace) -> int:
