@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -92,6 +93,7 @@ class Graft:
         self.decoder = ThreadPoolExecutor(CONFIG.decode_threads, thread_name_prefix="graft-decode")
         self.draining = False
         self._ready = threading.Event()
+        self._drain_on_sigterm()
         threading.Thread(target=self._warm, name="graft-warmup", daemon=True).start()
         log.info("serving %s (default %s)", sorted(self.engines), self.default_model)
 
@@ -101,6 +103,20 @@ class Graft:
             engine.warmup()
         self._ready.set()
         log.info("ready: %d model(s) warmed in %.2fs", len(self.engines), time.perf_counter() - started)
+
+    def _drain_on_sigterm(self) -> None:
+        """On SIGTERM, answer 503 to new work and `/readyz` at once, then let the server's own
+        handler (uvicorn's graceful shutdown: stop accepting, finish what is in flight) run."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # in-process test clients build the service off the main thread; no signals there
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def drain(signum, frame) -> None:
+            self.draining = True
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, drain)
 
     def __is_ready__(self) -> bool:
         return self._ready.is_set() and not self.draining

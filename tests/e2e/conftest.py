@@ -85,7 +85,7 @@ class Server:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process is None:
+        if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)  # the session we started: bentoml and its workers
         try:

@@ -1,0 +1,54 @@
+"""The server's life: a broken artifact stops it at start with one line; SIGTERM drains it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import REPO, png, serve, upload
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def test_a_changed_model_stops_the_server_at_start_with_one_line(lite0_classifier, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(lite0_classifier, broken)
+    with open(broken / "model.onnx", "ab") as handle:
+        handle.write(b"tampered")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "graft.cli", "serve", "--model", str(broken), "--port", "0"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("graft: cannot serve: expected model.onnx sha256"), done.stderr[-2000:]
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits(lite0_classifier, tmp_path):
+    server = serve([lite0_classifier], tmp_path / "server.log")
+    server.start()
+    answers: list[httpx.Response] = []
+    body = upload(*[png((640, 480))] * 8)
+    sender = threading.Thread(target=lambda: answers.append(
+        httpx.post(server.url + "/classify", files=body, timeout=60)))
+    try:
+        sender.start()
+        time.sleep(0.05)
+        os.killpg(server.process.pid, signal.SIGTERM)
+        sender.join(60)
+        assert answers and answers[0].status_code == 200, answers and answers[0].text
+        assert len(answers[0].json()["predictions"]) == 8
+        server.process.wait(timeout=30)
+        with pytest.raises(httpx.TransportError):  # nothing listens any more
+            httpx.get(server.url + "/livez", timeout=2)
+    finally:
+        server.stop()
