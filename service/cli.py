@@ -78,7 +78,10 @@ def serve(args: argparse.Namespace) -> int:
     config = ServeConfig()
     models = load_models(config.models)  # fail here, with one clear line, not in a worker
     default = pick_default(models, config.default_model)
-    log.info("serving %s (default %s) on http://%s:%d", sorted(models), default, args.host, args.port)
+    for name, model in models.items():
+        log.info("served as %s: %s %s from %s%s", name, model.manifest.task, model.manifest.version, model.directory,
+                 " (default)" if name == default else "")
+    log.info("listening on http://%s:%d", args.host, args.port)
     command = [
         sys.executable, "-m", "bentoml", "serve", "graft.service.app:Graft", "--host", args.host, "--port", str(args.port),
     ]

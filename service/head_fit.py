@@ -14,16 +14,15 @@ pooled. The returned head is then fitted on all images.
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Iterator, Sequence
 
 import numpy as np
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 from graft.service.errors import BadRequest
 
@@ -203,54 +202,13 @@ _BLAS_LOCK = threading.Lock()
 
 @contextmanager
 def _single_blas_thread() -> Iterator[None]:
-    """Run OpenBLAS on one thread during a fit.
+    """Run BLAS on one thread during a fit (threadpoolctl).
 
-    NOTE: the fit's products are small (500 x 500 by 500 x 10) and thousands of them: OpenBLAS's
-    worker threads cost more in hand-offs than they save, and on a busy 2-core machine (the
-    service's own inference) a fit took 10x longer with them. The setting is process-wide, so
-    concurrent fits share one lock; other numpy users meanwhile run single-threaded too, which
-    only affects their speed.
+    NOTE: the fit's products are small (500 x 500 by 500 x 10) and thousands of them: BLAS worker
+    threads cost more in hand-offs than they save, and on a busy 2-core machine (the service's own
+    inference) a fit took about 10x longer with them. The limit is process-wide, so concurrent fits
+    share one lock; other numpy users meanwhile run single-threaded too, which only affects their
+    speed.
     """
-    libraries = _openblas_libraries()
-    if not libraries:
+    with _BLAS_LOCK, threadpool_limits(limits=1, user_api="blas"):
         yield
-        return
-    with _BLAS_LOCK:
-        previous = [get() for get, _ in libraries]
-        for _, set_threads in libraries:
-            set_threads(1)
-        try:
-            yield
-        finally:
-            for (_, set_threads), count in zip(libraries, previous):
-                set_threads(count)
-
-
-@lru_cache(maxsize=1)
-def _openblas_libraries() -> tuple:
-    """(get, set) thread-count functions of every OpenBLAS loaded in this process (numpy's, scipy's).
-
-    Found through /proc/self/maps (Linux); elsewhere none, and fits keep the default threads.
-    """
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
-    except OSError:
-        return ()
-    found = []
-    for path in paths:
-        try:
-            library = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", "", "_64"):
-                getter = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
-                setter = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
-                if getter is not None and setter is not None:
-                    found.append((getter, setter))
-                    break
-            else:
-                continue
-            break
-    return tuple(found)
