@@ -123,7 +123,7 @@ async def _drive(
     on_measure_start: Callable[[], None] | None,
     timeout_s: float,
     label: str,
-    refused_backoff_s: float,
+    honor_retry_after: bool,
 ) -> LoadResult:
     bodies = workload.bodies()
     result = LoadResult(concurrency, workload.images_per_request)
@@ -132,21 +132,25 @@ async def _drive(
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as client:
 
-        async def send(index: int) -> tuple[float, str | None]:
+        async def send(index: int) -> tuple[float, str | None, float]:
+            """Latency, error (None for a 200) and the seconds the server asked to wait (Retry-After)."""
             begin = time.perf_counter()
+            retry_after = 0.0
             try:
                 content, headers = bodies[index % len(bodies)]
                 async with client.post(workload.url, data=content, headers=headers) as response:
                     await response.read()
                     error = None if response.status == 200 else str(response.status)
+                    if error and response.headers.get("Retry-After", "").isdigit():
+                        retry_after = float(response.headers["Retry-After"])
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 error = type(exc).__name__
-            return time.perf_counter() - begin, error
+            return time.perf_counter() - begin, error, retry_after
 
         # One unrecorded request first: the server's first request after an idle spell, and this
         # client's first connection, are not what a steady load sees. (Other clients connect inside
         # the timed loop: a loopback connect costs well under a millisecond.)
-        _, error = await send(0)
+        _, error, _ = await send(0)
         if error:
             logger.warning("%s: warm-up request failed: %s", label, error)
         if on_measure_start is not None:
@@ -161,7 +165,7 @@ async def _drive(
                 while issued < max_requests and time.perf_counter() < deadline:
                     index = issued
                     issued += 1
-                    latency, error = await send(index)
+                    latency, error, retry_after = await send(index)
                     last_answer = time.perf_counter()
                     if error is None:
                         result.latencies.append(latency)
@@ -169,8 +173,8 @@ async def _drive(
                         result.errors[error] += 1
                         result.error_latencies.setdefault(error, []).append(latency)
                     progress.update()
-                    if error in ("429", "503") and refused_backoff_s:
-                        await asyncio.sleep(refused_backoff_s)  # a polite client backs off when refused
+                    if retry_after and honor_retry_after:
+                        await asyncio.sleep(retry_after)  # a well-behaved client waits as it was told
 
             # No request starts after the deadline; those in flight get as long again to finish
             # (so the server is idle when the next cell starts), then are cancelled as unfinished.
@@ -193,7 +197,7 @@ def run_load(
     on_measure_start: Callable[[], None] | None = None,
     timeout_s: float = 60.0,
     label: str = "load",
-    refused_backoff_s: float = 0.0,
+    honor_retry_after: bool = False,
 ) -> LoadResult:
     """Drive `workload` with `concurrency` closed-loop clients until `max_requests` are sent or
     `max_seconds` have passed. Requests in flight at the deadline may finish within another
@@ -203,7 +207,8 @@ def run_load(
     Args:
         on_measure_start: called after the warm-up, before the first timed request (e.g. to take a
             `/metrics` snapshot).
-        refused_backoff_s: after a 429 or 503, that client waits this long before its next request.
+        honor_retry_after: a refused client waits as long as the response's `Retry-After` says before
+            its next request (a closed loop otherwise retries at once).
     """
     require_loopback(workload.url)
     if concurrency < 1 or max_requests < 1 or max_seconds <= 0:
@@ -212,5 +217,5 @@ def run_load(
             f"{concurrency}, {max_requests}, {max_seconds}"
         )
     return asyncio.run(
-        _drive(workload, concurrency, max_requests, max_seconds, on_measure_start, timeout_s, label, refused_backoff_s)
+        _drive(workload, concurrency, max_requests, max_seconds, on_measure_start, timeout_s, label, honor_retry_after)
     )

@@ -7,7 +7,7 @@ One run measures, on the same machine and in this order (so nothing competes for
 3. graft's service (started with `graft serve` on a free loopback port, or `--url`): every cell of
    endpoint x image size x concurrency, each bracketed by `/metrics` scrapes whose difference gives
    the executed batch sizes and the server time per stage for exactly that cell's requests; then
-   the overload cell (far more clients than the service admits; refused clients back off briefly);
+   the overload cell (far more clients than the service admits; refused clients honour Retry-After);
 4. the baseline server (`benchmarks.baseline_server`) with the same cells;
 then the serving-core targets, each met or missed with its ratio.
 """
@@ -54,8 +54,8 @@ class Plan:
 
     concurrency: tuple[int, ...] = (1, 4, 16, 64)
     overload_concurrency: int | None = 200
-    """graft only: /classify 224-px at this many clients, far past what it admits (None: skip)."""
-    refused_backoff_s: float = 0.1
+    """graft only: /classify 224-px at this many clients, far past what it admits (None: skip); refused
+    clients wait as their 429's `Retry-After` says, as a well-behaved client does."""
     sizes: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {"classify": ("224", "640", "2000"), "embed": ("224",)}
     )
@@ -216,7 +216,7 @@ def run_cells(
             max_seconds=plan.max_seconds,
             on_measure_start=on_measure_start,
             label=label,
-            refused_backoff_s=plan.refused_backoff_s,
+            honor_retry_after=cell.concurrency == plan.overload_concurrency,
         )
         row = {"server": server, **asdict(cell), **result.figures()}
         if recording:

@@ -72,6 +72,9 @@ class ServeConfig:
         max_classes: most classes in one head.
         admin_token: `GRAFT_ADMIN_TOKEN`, required by `POST`/`DELETE /heads`; empty: those answer 403.
         api_keys: `GRAFT_API_KEYS`, comma-separated; when set, inference and listing routes need one.
+        access_log: BentoML's log line per request (`GRAFT_ACCESS_LOG=1`); off by default.
+        tracing: OpenTelemetry spans for graft's routes (`GRAFT_TRACING=1`, with BentoML's tracing
+            exporter configured); off by default.
     """
 
     models: tuple[str, ...] = field(default_factory=lambda: _env_list("MODELS", DEFAULT_MODELS))
@@ -83,7 +86,7 @@ class ServeConfig:
     max_images: int = field(default_factory=lambda: _env_int("MAX_IMAGES", 32))
     max_pixels: int = field(default_factory=lambda: _env_int("MAX_PIXELS", DEFAULT_MAX_PIXELS))
     max_request_bytes: int = field(default_factory=lambda: _env_int("MAX_REQUEST_BYTES", 64 << 20))
-    decode_threads: int = field(default_factory=lambda: _env_int("DECODE_THREADS", min(8, (os.cpu_count() or 1) * 2)))
+    decode_threads: int = field(default_factory=lambda: _env_int("DECODE_THREADS", min(8, os.cpu_count() or 1)))
     intra_op_threads: int = field(default_factory=lambda: _env_int("INTRA_OP_THREADS", 0, minimum=0))
     intra_op_spinning: bool = field(default_factory=lambda: _env_int("INTRA_OP_SPINNING", 0, minimum=0) > 0)
     providers: tuple[str, ...] = field(
@@ -107,6 +110,8 @@ class ServeConfig:
     max_classes: int = field(default_factory=lambda: _env_int("MAX_CLASSES", 1000))
     admin_token: str = field(default_factory=lambda: os.environ.get(ENV_PREFIX + "ADMIN_TOKEN", ""), repr=False)
     api_keys: tuple[str, ...] = field(default_factory=lambda: _env_list("API_KEYS", ""), repr=False)
+    access_log: bool = field(default_factory=lambda: _env_int("ACCESS_LOG", 0, minimum=0) > 0)
+    tracing: bool = field(default_factory=lambda: _env_int("TRACING", 0, minimum=0) > 0)
 
     def session_threads(self) -> int:
         """ONNX Runtime intra-op threads per session: as set, or the cores shared among workers."""

@@ -87,11 +87,11 @@ class Target:
     def version(self) -> str:
         return self.head.spec.version if self.head is not None else self.engine.manifest.version
 
-    def outputs(self, results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """The engine's per-image results stacked into [N, ...] arrays; a head adds its `logits`
-        and `probabilities` from the embeddings (numpy, float32)."""
+    def outputs(self, results: list[dict[str, np.ndarray]], names: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """The engine's per-image results stacked into [N, ...] arrays (only `names`, when given); a
+        head adds its `logits` and `probabilities` from the embeddings (numpy, float32)."""
         if self.head is None:
-            return {key: np.stack([result[key] for result in results]) for key in results[0]}
+            return {key: np.stack([result[key] for result in results]) for key in names or results[0]}
         embedding = np.stack([result["embedding"] for result in results])
         logits = self.head.apply(embedding)
         return {"logits": logits, "probabilities": softmax(logits), "embedding": embedding}

@@ -1,30 +1,33 @@
 """The guard in front of the inference routes: body size (413) and requests in flight (429), both
-decided before the body is read, so refusing is the cheap path under overload."""
+decided before the body is read, so refusing is the cheap path under overload.
+
+It wraps the whole BentoML app (`add_asgi_middleware`), ahead of routing, so a refusal costs no
+route matching and no exception-handling layers.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable
 
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Match
 
 from graft.service.errors import PayloadTooLarge, ServiceError, TooManyRequests
 
 
 class RequestGuard:
-    """ASGI middleware for `routes`: refuses a declared body over `max_request_bytes` (413), stops
+    """ASGI middleware for the paths `guarded` accepts: refuses a declared body over `max_request_bytes` (413), stops
     reading a streamed one past it (413), and refuses a request beyond `max_concurrency` in flight
     in this worker (429 with `Retry-After`)."""
 
-    def __init__(self, app, *, routes: Sequence[BaseRoute], max_request_bytes: int, max_concurrency: int) -> None:
+    def __init__(self, app, *, guarded: Callable[[str], bool], max_request_bytes: int, max_concurrency: int) -> None:
         self.app = app
-        self.routes = routes
+        self.guarded = guarded
         self.max_request_bytes = max_request_bytes
         self.max_concurrency = max_concurrency
         self.in_flight = 0
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not any(route.matches(scope)[0] == Match.FULL for route in self.routes):
+        if scope["type"] != "http" or scope["method"] != "POST" or not self.guarded(scope["path"]):
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")

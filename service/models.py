@@ -63,7 +63,6 @@ def load_models(references: tuple[str, ...]) -> dict[str, ServedModel]:
                 f"expected unique model names, got {name!r} twice; serve one as NAME={target}"
             )
         models[name] = ServedModel(name, directory, manifest)
-        log.info("model %s: %s %s from %s", name, manifest.task, manifest.version, directory)
     return models
 
 

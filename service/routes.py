@@ -9,23 +9,21 @@ running service with `bentoml.get_current_service()`.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 
 from graft.service import schemas
-from graft.service.config import ServeConfig
 from graft.service.errors import BadRequest, MethodNotAllowed, NotFound, ServiceError
 from graft.service import head_routes, v2
 from graft.service.endpoint import ClientGone, Endpoint, Handler, service, watched
 from graft.service.engine import Target
 from graft.service.forms import Field, boolean, positive_int, read_form, text
-from graft.service.middleware import RequestGuard
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,7 @@ def _top_k(target: Target, results: list[dict], top_k: int) -> dict:
     labels = target.labels
     k = min(top_k, len(labels))
     predictions = []
-    for probabilities in target.outputs(results)["probabilities"]:
+    for probabilities in target.outputs(results, ("probabilities",))["probabilities"]:
         best = np.argsort(-probabilities, kind="stable")[:k]
         predictions.append([
             {"label": labels[i], "index": int(i), "score": float(probabilities[i])} for i in best
@@ -84,7 +82,7 @@ async def embed(request: Request) -> Response:
     results = await watched(
         request, graft.run_images(target.engine, form.images, timeout_ms=form.options["timeout_ms"]), target.name,
     )
-    vectors = target.outputs(results)["embedding"]
+    vectors = target.outputs(results, ("embedding",))["embedding"]
     if form.options["normalize"]:
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return JSONResponse({
@@ -179,6 +177,20 @@ async def server_fault(request: Request, error: Exception) -> Response:
 CATCH_ALL = "/{path:path}"
 
 
+def guarded_paths() -> Callable[[str], bool]:
+    """Whether a path belongs to a guarded endpoint: a set lookup for fixed paths, a pattern only
+    for templated ones (`/v2/models/{model}/infer`)."""
+    fixed, patterns = set(), []
+    for endpoint in ENDPOINTS:
+        if not endpoint.guarded:
+            continue
+        if "{" in endpoint.path:
+            patterns.append(Route(endpoint.path, endpoint.handler).path_regex)
+        else:
+            fixed |= {endpoint.path, endpoint.path + "/"}
+    return lambda path: path in fixed or any(pattern.match(path) for pattern in patterns)
+
+
 def _checking_access(endpoint: Endpoint) -> Handler:
     """`endpoint`'s handler behind its access rule: the admin token, an API key, or none."""
     if endpoint.access == "public":
@@ -195,23 +207,16 @@ def _checking_access(endpoint: Endpoint) -> Handler:
     return handler
 
 
-def build_app(config: ServeConfig) -> Starlette:
-    """The Starlette app for every graft route, with its guard and exception handlers."""
-    routes, guarded = [], []
+def build_app() -> Starlette:
+    """The Starlette app for every graft route, with its exception handlers."""
+    routes = []
     for endpoint in ENDPOINTS:
         # A trailing slash is the same route (Starlette would answer 307 and make clients re-send).
         for path in {endpoint.path, endpoint.path.rstrip("/") + "/"}:
-            route = Route(path, _checking_access(endpoint), methods=[endpoint.method])
-            routes.append(route)
-            if endpoint.guarded:
-                guarded.append(route)
+            routes.append(Route(path, _checking_access(endpoint), methods=[endpoint.method]))
     routes.append(Route(CATCH_ALL, not_found, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(
-            RequestGuard, routes=guarded, max_request_bytes=config.max_request_bytes,
-            max_concurrency=config.max_concurrency,
-        )],
         exception_handlers={
             ServiceError: service_error, HTTPException: service_error, ClientGone: client_gone,
             ClientDisconnect: client_gone, Exception: server_fault,

@@ -4,7 +4,6 @@ import asyncio
 
 import httpx
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from graft.service.middleware import RequestGuard
 
@@ -18,7 +17,7 @@ async def slow_app(scope, receive, send):
 
 
 def guarded(**limits):
-    app = RequestGuard(slow_app, routes=[Route("/classify", slow_app, methods=["POST"])], **limits)
+    app = RequestGuard(slow_app, guarded=lambda path: path == "/classify", **limits)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
