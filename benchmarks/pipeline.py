@@ -9,7 +9,6 @@ batch-processes the same bytes on the same machine is measured against this figu
 from __future__ import annotations
 
 import itertools
-import os
 import statistics
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +22,7 @@ from graft.artifact.image import DEFAULT_MAX_PIXELS, decode_image
 from graft.artifact.manifest import read_manifest
 from graft.artifact.preprocessing import PreprocessingSpec, crop, normalize
 from graft.artifact.runtime import Runner
+from graft.service.config import ServeConfig
 
 DEFAULT_BATCH_SIZES = (1, 8, 16, 32, 64)
 
@@ -114,7 +114,7 @@ def pipeline_ceiling(
         artifact_dir: the artifact (model.onnx + manifest.json).
         blobs: encoded images (JPEG bytes), cycled through as long as needed.
         batch_sizes: batch sizes to measure, each for about `seconds`.
-        decode_threads: decoding threads; default as the service's (2 per core, at most 8).
+        decode_threads: decoding threads; default as the service's (`GRAFT_DECODE_THREADS`).
         intra_op_threads: ORT intra-op threads; 0: one per physical core.
         seconds: measuring time per batch size (at least one batch is always run).
         latency_samples: single images timed for the batch-1 latency.
@@ -130,7 +130,7 @@ def pipeline_ceiling(
         directory, manifest, buckets=tuple(sorted(set(batch_sizes))), providers=("CPUExecutionProvider",),
         intra_op_threads=intra_op_threads, trt_cache_dir=directory / ".trt-unused", intra_op_spinning=False,
     )
-    threads = decode_threads or min(8, (os.cpu_count() or 1) * 2)
+    threads = decode_threads or ServeConfig().decode_threads
     spec = manifest.preprocessing
     cycle = itertools.cycle(blobs)
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
