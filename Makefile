@@ -47,12 +47,13 @@ serve: install default-model
 	$(GRAFT) serve --model $(DEFAULT_MODEL) --port $(PORT)
 
 # The Bento installs graft's wheel (serving dependencies only) and bundles MODEL from the BentoML
-# store; the bentofile copy in $(DIST) names MODEL's store name instead of the default's.
+# store; the bentofile copy in $(DIST) names MODEL's store name instead of the default's. The build
+# imports the service, whose start-up check then verifies MODEL from the store.
 bento: install $(if $(filter $(DEFAULT_MODEL),$(MODEL)),default-model)
 	rm -rf $(DIST) && $(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) .
 	tag=$$($(GRAFT) register $(MODEL) | tail -n 1) && name=$${tag%%:*} && \
 	  sed -e "s|tf_efficientnet_lite0|$$name|g" -e "s|dist/graft-|$(DIST)/graft-|" bentofile.yaml > $(DIST)/bentofile.yaml && \
-	  $(BENTOML) build -f $(DIST)/bentofile.yaml .
+	  GRAFT_MODELS=$$tag $(BENTOML) build -f $(DIST)/bentofile.yaml .
 
 bench: install default-model
 	$(GRAFT) bench model

@@ -103,7 +103,7 @@ def ort_engines(model_path: Path, cache_dir: Path) -> dict[str, Callable[[], Run
     """ONNX Runtime engines available here, in the service's order of preference (best first)."""
     import onnxruntime as ort
 
-    from graft.service.runtime import gpu_present, preload_gpu_libraries
+    from graft.artifact.runtime import gpu_present, preload_gpu_libraries
 
     engines: dict[str, Callable[[], Runner]] = {}
     available = ["CPUExecutionProvider"]

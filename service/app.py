@@ -37,7 +37,16 @@ from graft.service.middleware import RequestGuard
 from graft.service.routes import build_app, guarded_paths
 
 log = logging.getLogger(__name__)
-CONFIG = ServeConfig()
+
+
+def _config() -> ServeConfig:
+    try:
+        return ServeConfig()
+    except ConfigError as error:
+        raise SystemExit(f"graft: cannot serve: {error}") from None
+
+
+CONFIG = _config()
 
 
 def preflight(config: ServeConfig) -> None:
@@ -89,8 +98,9 @@ preflight(CONFIG)
     tracing={} if CONFIG.tracing else {"excluded_urls": [".*"]},
 )
 class Graft:
-    """Loads and verifies every model at start (a broken artifact stops the worker with its reason),
-    warms every batch bucket in the background (`/readyz` is 503 until done), then serves."""
+    """One worker: every model's session and batcher, the heads, auth and the decode pool. Models
+    are verified before any worker starts (`preflight`); each worker warms every batch bucket in the
+    background (`/readyz` is 503 until done), then serves."""
 
     def __init__(self) -> None:
         self.config = CONFIG
