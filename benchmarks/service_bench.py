@@ -56,6 +56,9 @@ class Plan:
     overload_concurrency: int | None = 200
     """graft only: /classify 224-px at this many clients, far past what it admits (None: skip); refused
     clients wait as their 429's `Retry-After` says, as a well-behaved client does."""
+    overload_max_requests: int = 5000
+    """The overload cell runs for `max_seconds` like the others, but may send this many requests:
+    with 200 clients, 600 requests would measure little more than the first connection storm."""
     sizes: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {"classify": ("224", "640", "2000"), "embed": ("224",)}
     )
@@ -209,14 +212,15 @@ def run_cells(
                 recording.append(profile.start(profile_pid, plan.max_seconds, profile_file))
 
         label = f"{server} /{cell.endpoint} {cell.size}px c={cell.concurrency} [{number}/{len(cells)}]"
+        overload = cell.concurrency == plan.overload_concurrency
         result = run_load(
             workload,
             concurrency=cell.concurrency,
-            max_requests=plan.max_requests,
+            max_requests=plan.overload_max_requests if overload else plan.max_requests,
             max_seconds=plan.max_seconds,
             on_measure_start=on_measure_start,
             label=label,
-            honor_retry_after=cell.concurrency == plan.overload_concurrency,
+            honor_retry_after=overload,
         )
         row = {"server": server, **asdict(cell), **result.figures()}
         if recording:

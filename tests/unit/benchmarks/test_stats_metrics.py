@@ -115,20 +115,20 @@ def test_load_is_refused_beyond_loopback():
 def test_profile_summary_shares_by_process_and_leaf():
     from graft.benchmarks.profile import summarise
 
-    root = 'process 9:"python -m bentoml serve service.app:Graft --port 3000";'
+    # py-spy names each process by its command line: two workers of one service here.
+    root = 'process 9:"python -m bentoml serve graft.service.app:Graft --port 3000";'
+    worker = 'process {pid}:"python -m bentoml.worker --fd {fd} --service-name {name}";'
     raw = "\n".join([
-        root + 'process 10:"python -m _bentoml_impl.worker.service --service-name graft-inference --fd 6";'
-        "run (runtime.py:40);InferenceSession.run (session.py:220) 60",
-        root + 'process 11:"python -m _bentoml_impl.worker.service --fd 10 --service-name graft";'
-        "load (app.py:170);decode_image (image.py:80) 30",
-        root + 'process 11:"python -m _bentoml_impl.worker.service --fd 10 --service-name graft";decode_image (image.py:81) 10',
+        root + worker.format(pid=10, fd=6, name="graft-a") + "run (runtime.py:40);InferenceSession.run (session.py:220) 60",
+        root + worker.format(pid=11, fd=10, name="graft") + "load (app.py:170);decode_image (image.py:80) 30",
+        root + worker.format(pid=11, fd=10, name="graft") + "decode_image (image.py:81) 10",
         "",
     ])
     summary = summarise(raw)
     assert summary["samples"] == 100
     assert summary["leaves"][0] == ["InferenceSession.run (session.py)", pytest.approx(0.6)]
     assert summary["leaves"][1] == ["decode_image (image.py)", pytest.approx(0.4)]
-    assert summary["processes"] == {"10 graft-inference": pytest.approx(0.6), "11 graft": pytest.approx(0.4)}
+    assert summary["processes"] == {"10 graft-a": pytest.approx(0.6), "11 graft": pytest.approx(0.4)}
 
 
 def test_graft_batch_histogram_wins_over_bentomls():
