@@ -125,7 +125,7 @@ def run_service(args: argparse.Namespace) -> int:
                                            baseline_threads=args.baseline_threads,
                                            profile_servers=args.profile)
     result = {"environment": env, **result}
-    _finish(result, out, plot_service(result["cells"], result["ceiling"], out))
+    _finish(result, out, plot_service(result["cells"], result["ceiling"], out, result.get("pipeline")))
     missed = [t["name"] for t in result["targets"] if t["met"] is False]
     if missed:
         logger.warning("targets missed: %s", "; ".join(missed))

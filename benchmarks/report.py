@@ -256,9 +256,9 @@ def plot_model(rows: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_service(cells: list[dict], ceiling: dict | None, folder: Path) -> list[Path]:
-    """Throughput vs concurrency (every server/endpoint/size, with the ceiling) and latency
-    percentiles vs concurrency (one panel per server, 224-px /classify)."""
+def plot_service(cells: list[dict], ceiling: dict | None, folder: Path, pipeline: dict | None = None) -> list[Path]:
+    """Throughput vs concurrency (every server/endpoint/size, with the model and pipeline ceilings)
+    and latency percentiles vs concurrency (one panel per server, 224-px /classify)."""
     plt = _pyplot()
     series = list(dict.fromkeys((c["server"], c["endpoint"], c["size"]) for c in cells))
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -268,7 +268,10 @@ def plot_service(cells: list[dict], ceiling: dict | None, folder: Path) -> list[
                 linestyle="-" if key[0] == "graft" else "--", label=f"{key[0]} /{key[1]} {key[2]}px")
     if ceiling:
         ax.axhline(ceiling["best"]["images_per_s"], color="black", linewidth=1,
-                   label=f"ceiling (ORT, batch {ceiling['best']['batch_size']})")
+                   label=f"model ceiling (ORT, batch {ceiling['best']['batch_size']})")
+    if pipeline:
+        ax.axhline(pipeline["images_per_second"], color="black", linewidth=1, linestyle=":",
+                   label=f"pipeline ceiling (decode + ORT, batch {pipeline['batch_size']})")
     clients = sorted({c["concurrency"] for c in cells})
     ax.set(xscale="log", xlabel="concurrent clients", ylabel="images/s", title="Throughput vs concurrency")
     _finish(ax, clients, 7)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from graft.artifact.heads import HEAD_FILE
 from graft.models.data import fashion_mnist
+from tests.e2e.conftest import EMBEDDER
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -101,6 +102,27 @@ def test_classify_with_the_new_head_at_once(heads_server, fitted, images):
     predicted = classify(heads_server, NAME, held_out)
     assert set(predicted) <= set(CLASSES)
     assert accuracy(predicted, held_out) > 0.6, predicted
+
+
+def test_several_heads_in_one_request_equal_one_head_each(heads_server, fitted, images):
+    fit, held_out = images
+    other = "fmnist3-swapped"
+    # A different head on the same backbone: the same images, labels in another vocabulary.
+    response = fit_request(heads_server, other, [(data, label.upper()) for data, label in fit], overwrite="true")
+    assert response.status_code == 201, response.text
+    chunk = held_out[:PER_REQUEST]
+    files = [("images", (f"{i}.png", data, "image/png")) for i, (data, _) in enumerate(chunk)]
+    both = httpx.post(heads_server.url + "/classify", files=files, data={"model": f"{NAME},{other}", "top_k": "2"},
+                      timeout=60)
+    assert both.status_code == 200, both.text
+    results = both.json()["models"]
+    assert list(results) == [NAME, other]
+    for name in (NAME, other):
+        alone = httpx.post(heads_server.url + "/classify", files=files, data={"model": name, "top_k": "2"}, timeout=60)
+        assert results[name] == alone.json()
+    mixed = httpx.post(heads_server.url + "/classify", files=files, data={"model": f"{NAME},{EMBEDDER}"}, timeout=60)
+    assert mixed.status_code == 400 and "classifier" in mixed.json()["error"]
+    assert httpx.delete(f"{heads_server.url}/heads/{other}", headers=admin(heads_server), timeout=30).status_code == 200
 
 
 def test_models_and_heads_list_it_under_its_backbone(heads_server, fitted):
