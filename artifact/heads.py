@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, ValidationError
 from pydantic.dataclasses import dataclass
 
+from graft.artifact.documents import JsonDocument
 from graft.artifact.errors import GraftError
 from graft.artifact.manifest import Manifest, ParityFigures
 from graft.artifact.outputs import move_into_place
@@ -110,8 +111,11 @@ class Provenance:
 
 
 @dataclass(frozen=True)
-class HeadSpec:
+class HeadSpec(JsonDocument):
     """`head.json`: everything about a head except its arrays."""
+
+    invalid = HeadError
+    document = HEAD_FILE
 
     name: Annotated[str, Field(pattern=f"^{NAME_PATTERN}$")]
     labels: tuple[str, ...]
@@ -146,30 +150,6 @@ class HeadSpec:
     def version(self) -> str:
         """First 12 hex digits of the weights' hash: changes whenever the head's numbers do."""
         return self.sha256["weights"][:12]
-
-    def to_dict(self) -> dict[str, Any]:
-        return _ADAPTER.dump_python(self, mode="json")
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> HeadSpec:
-        """Parse and validate `head.json`; raise `HeadError` naming every problem."""
-        try:
-            return _ADAPTER.validate_json(text)
-        except ValidationError as error:
-            raise HeadError(f"invalid {HEAD_FILE}: {error}") from None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HeadSpec:
-        try:
-            return _ADAPTER.validate_python(data)
-        except ValidationError as error:
-            raise HeadError(f"invalid {HEAD_FILE}: {error}") from None
-
-
-_ADAPTER = TypeAdapter(HeadSpec)
 
 
 def weights_sha256(arrays: dict[str, np.ndarray]) -> str:

@@ -13,9 +13,10 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from graft.artifact.documents import JsonDocument
 from graft.artifact.errors import GraftError
 from graft.artifact.preprocessing import PreprocessingSpec
 
@@ -86,8 +87,11 @@ class WeightsInfo:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(JsonDocument):
     """Everything a consumer needs to run `model.onnx` correctly."""
+
+    invalid = ManifestError
+    document = "manifest"
 
     name: Annotated[str, Field(min_length=1)]
     version: Annotated[str, Field(min_length=1)]
@@ -141,30 +145,6 @@ class Manifest:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _ADAPTER.dump_python(self, mode="json")
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Manifest:
-        """Parse and validate a manifest; raise `ManifestError` naming every problem."""
-        try:
-            return _ADAPTER.validate_json(text)
-        except ValidationError as error:
-            raise ManifestError(f"invalid manifest: {error}") from error
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        try:
-            return _ADAPTER.validate_python(data)
-        except ValidationError as error:
-            raise ManifestError(f"invalid manifest: {error}") from error
-
-
-_ADAPTER = TypeAdapter(Manifest)
 
 
 def sha256_file(path: str | Path) -> str:

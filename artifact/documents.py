@@ -1,0 +1,46 @@
+"""The artifact contract's JSON documents (`manifest.json`, `head.json`): one way to validate,
+read and write a frozen pydantic dataclass, with errors of the document's own type."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from graft.artifact.errors import GraftError
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+class JsonDocument:
+    """Mixin for a frozen pydantic dataclass. Subclasses set `invalid` (the error raised for a bad
+    document) and `document` (what messages call it)."""
+
+    invalid: type[GraftError] = GraftError
+    document = "document"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _adapter(type(self)).dump_python(self, mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes):
+        """Parse and validate; raise `invalid` naming every problem."""
+        try:
+            return _adapter(cls).validate_json(text)
+        except ValidationError as error:
+            raise cls.invalid(f"invalid {cls.document}: {error}") from None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        try:
+            return _adapter(cls).validate_python(data)
+        except ValidationError as error:
+            raise cls.invalid(f"invalid {cls.document}: {error}") from None
