@@ -18,11 +18,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 
-from graft.service import schemas
-from graft.service.errors import BadRequest, MethodNotAllowed, NotFound, ServiceError
-from graft.service import head_routes, v2
+from graft.service import head_routes, schemas, v2
 from graft.service.endpoint import ClientGone, Endpoint, Handler, service, watched
 from graft.service.engine import Target
+from graft.service.errors import BadRequest, MethodNotAllowed, NotFound, ServiceError
 from graft.service.forms import Field, boolean, positive_int, read_form, text
 
 log = logging.getLogger(__name__)
@@ -184,10 +183,11 @@ def guarded_paths() -> Callable[[str], bool]:
     for endpoint in ENDPOINTS:
         if not endpoint.guarded:
             continue
-        if "{" in endpoint.path:
-            patterns.append(Route(endpoint.path, endpoint.handler).path_regex)
-        else:
-            fixed |= {endpoint.path, endpoint.path + "/"}
+        for path in (endpoint.path, endpoint.path + "/"):  # the trailing-slash twin is the same route
+            if "{" in path:
+                patterns.append(Route(path, endpoint.handler).path_regex)
+            else:
+                fixed.add(path)
     return lambda path: path in fixed or any(pattern.match(path) for pattern in patterns)
 
 
