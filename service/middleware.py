@@ -7,6 +7,7 @@ route matching and no exception-handling layers.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Callable
 
 from starlette.responses import JSONResponse
@@ -42,6 +43,9 @@ class RequestGuard:
             return
         self.in_flight += 1
         try:
+            # Yield once before the admitted request's parsing: refusals of requests that arrived in
+            # the same burst, already queued on the event loop, are answered first, not after it.
+            await asyncio.sleep(0)
             await self._limited(scope, receive, send)
         finally:
             self.in_flight -= 1
