@@ -85,7 +85,10 @@ def load_heads(config: ServeConfig, backbones: dict) -> HeadStore:
     return store
 
 
-preflight(CONFIG)
+if bentoml.server_context.worker_index is None:
+    # BentoML's main process (or in-process use). Workers skip it: each verifies its models again
+    # as it builds their sessions, and a second CPU session per model would only slow their start.
+    preflight(CONFIG)
 
 
 @bentoml.service(
