@@ -186,10 +186,7 @@ class Graft:
             BadRequest: too many images, or one that does not decode (named by its position).
             TooManyRequests, Unavailable: the batcher refused them (queue full, deadline).
         """
-        self.check_ready()
-        max_images = max_images or self.config.max_images
-        if len(images) > max_images:
-            raise BadRequest(expected=f"at most {max_images} images per request", got=str(len(images)))
+        self._admit(len(images), max_images or self.config.max_images)
         limit = self._budget_ms(timeout_ms)
         chunk = self.config.max_batch_size
         results: list[dict] = []
@@ -220,10 +217,14 @@ class Graft:
 
     async def run_tensor(self, engine: Engine, batch: np.ndarray, *, timeout_ms: int | None = None) -> list[dict]:
         """Run already-preprocessed float32 [N, 3, H, W] inputs through `engine`'s batcher."""
-        self.check_ready()
-        if len(batch) > self.config.max_images:
-            raise BadRequest(expected=f"at most {self.config.max_images} images per request", got=str(len(batch)))
+        self._admit(len(batch), self.config.max_images)
         return await engine.infer(list(batch), deadline=deadline_after(self._budget_ms(timeout_ms)))
+
+    def _admit(self, count: int, max_images: int) -> None:
+        """Refuse work while not ready (503) and requests with too many images (400)."""
+        self.check_ready()
+        if count > max_images:
+            raise BadRequest(expected=f"at most {max_images} images per request", got=str(count))
 
     def _budget_ms(self, timeout_ms: int | None) -> int:
         """A request's latency budget: its own timeout, capped by GRAFT_MAX_LATENCY_MS."""

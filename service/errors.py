@@ -7,6 +7,8 @@ raiser gives none. One handler (`graft.service.routes`) turns any `ServiceError`
 
 from __future__ import annotations
 
+from starlette.responses import JSONResponse
+
 from graft.artifact.errors import GraftError
 
 
@@ -29,6 +31,10 @@ class ServiceError(GraftError):
 
     def body(self) -> dict:
         return {"error": self.message, "expected": self.expected, "got": self.got}
+
+    def response(self) -> JSONResponse:
+        """The error as the HTTP response every route and the guard send."""
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 class BadRequest(ServiceError, ValueError):

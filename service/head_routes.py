@@ -45,8 +45,7 @@ async def create_head(request: Request) -> Response:
     if target.head is not None:
         raise BadRequest(expected="a served model as the backbone", got=f"head {target.name!r}")
     engine = target.engine
-    reserved = set(graft.engines)
-    graft.heads.check_put(name, engine.name, overwrite=overwrite, reserved=reserved)
+    graft.heads.check_put(name, engine.name, overwrite=overwrite)  # the store reserves served models' names
     results = await watched(request, graft.run_images(engine, form.images, max_images=config.max_fit_images),
                             engine.name)
     embeddings = np.stack([result["embedding"] for result in results])
@@ -61,7 +60,7 @@ async def create_head(request: Request) -> Response:
             graft_version=__version__,
         ),
     )
-    await loop.run_in_executor(None, lambda: graft.heads.put(head, engine.name, overwrite=overwrite, reserved=reserved))
+    await loop.run_in_executor(None, lambda: graft.heads.put(head, engine.name, overwrite=overwrite))
     return JSONResponse({
         "name": name, "backbone": engine.name, "labels": list(fit.classes), "num_images": len(labels),
         "images_per_class": fit.images_per_class, "accuracy_estimate": fit.accuracy_estimate,

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from starlette.responses import JSONResponse
-
 from graft.service.errors import PayloadTooLarge, ServiceError, TooManyRequests
 
 
@@ -82,4 +80,4 @@ class RequestGuard:
 
     @staticmethod
     async def _refuse(scope, receive, send, error: ServiceError) -> None:
-        await JSONResponse(error.body(), status_code=error.status, headers=error.headers)(scope, receive, send)
+        await error.response()(scope, receive, send)

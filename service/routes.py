@@ -158,7 +158,7 @@ async def service_error(request: Request, error: Exception) -> Response:
         error = BadRequest(expected="a well-formed request", got=str(getattr(error, "detail", error)))
     if error.status not in (429, 503):  # overload is counted in metrics, not logged per request
         log.info("%d %s %s: %s", error.status, request.method, request.url.path, error.message)
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    return error.response()
 
 
 async def client_gone(request: Request, error: Exception) -> Response:
