@@ -212,6 +212,9 @@ def markdown(result: dict, command: str) -> str:
     if "pipeline" in result:
         parts += ["## Pipeline ceiling: decode + preprocess + ONNX Runtime in one process (224-px JPEGs, no HTTP)",
                   pipeline_table(result["pipeline"])]
+    if result.get("pipeline_2000"):
+        parts += ["## Pipeline ceiling on 2000-px JPEGs (the bound on the 2000-px target)",
+                  pipeline_table(result["pipeline_2000"])]
     if "cells" in result:
         parts += ["## Service and baseline", service_table(result["cells"]),
                   "## graft ÷ baseline", ratio_table(result["cells"]), *profile_sections(result["cells"])]

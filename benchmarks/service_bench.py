@@ -79,9 +79,13 @@ class Plan:
             ceiling_timing=QUICK_TIMING,
             overload_concurrency=None,
             pipeline_seconds=0.5,
+            large_pipeline_batch_sizes=(8,),
         )
 
     pipeline_seconds: float = 5.0
+    large_pipeline_batch_sizes: tuple[int, ...] = (8, 16, 32)
+    """Batch sizes for the pipeline ceiling on 2000-px JPEGs (measured when the plan has that size):
+    the most any server on this machine can do with them, the bound on the 2000-px target."""
 
     def cells(self, server: str) -> list[Cell]:
         cells = [
@@ -256,8 +260,16 @@ def _target(name: str, value: float | None, threshold: float, higher_is_better: 
     return {"name": name, "value": value, "threshold": threshold, "met": met, "detail": detail}
 
 
-def evaluate_targets(rows: list[dict], pipeline: dict | None, overload: int | None, clients: int = 16) -> list[dict]:
-    """The serving-core targets (Lite0, 224-px JPEGs, /classify) from one run's figures."""
+def evaluate_targets(
+    rows: list[dict], pipeline: dict | None, overload: int | None, clients: int = 16, *,
+    large_pipeline: dict | None = None,
+) -> list[dict]:
+    """The serving-core targets (Lite0, 224-px JPEGs, /classify) from one run's figures.
+
+    `large_pipeline`, the pipeline ceiling on 2000-px JPEGs, bounds the 2000-px target: no server
+    on this machine decodes and runs them faster, so its ratio to the 224-px service rate is the
+    highest the target's ratio can be here.
+    """
     graft = _find(rows, "graft", "classify", "224", clients)
     baseline = _find(rows, "baseline", "classify", "224", clients)
     single = _find(rows, "graft", "classify", "224", 1)
@@ -287,7 +299,11 @@ def evaluate_targets(rows: list[dict], pipeline: dict | None, overload: int | No
         ),
         _target(
             f"2000-px images/s >= 0.7x 224-px at {clients} clients",
-            ratio(large, graft and graft["images_per_s"]), 0.7, True, "2000-px images/s / 224-px images/s",
+            ratio(large, graft and graft["images_per_s"]), 0.7, True, "2000-px images/s / 224-px images/s" + (
+                f"; at most {large_pipeline['images_per_second'] / graft['images_per_s']:.2f} on this machine (the "
+                f"2000-px pipeline ceiling, {large_pipeline['images_per_second']:.1f} images/s, / 224-px images/s)"
+                if large_pipeline and graft else ""
+            ),
         ),
     ]
     if overload:
@@ -328,6 +344,13 @@ def bench_service(
         model, [path.read_bytes() for path in files["224"]], batch_sizes=plan.ceiling_batch_sizes,
         seconds=plan.pipeline_seconds,
     ).to_dict()
+    large_pipeline = None
+    if "2000" in files:
+        logger.info("pipeline ceiling on 2000-px JPEGs: the bound on the 2000-px target")
+        large_pipeline = pipeline_ceiling(
+            model, [path.read_bytes() for path in files["2000"]], batch_sizes=plan.large_pipeline_batch_sizes,
+            seconds=plan.pipeline_seconds,
+        ).to_dict()
     rows: list[dict] = []
     servers: dict[str, str] = {}
     if url is not None:
@@ -362,6 +385,7 @@ def bench_service(
         },
         "ceiling": ceiling_figures,
         "pipeline": pipeline_figures,
+        "pipeline_2000": large_pipeline,
         "cells": rows,
-        "targets": evaluate_targets(rows, pipeline_figures, plan.overload_concurrency),
+        "targets": evaluate_targets(rows, pipeline_figures, plan.overload_concurrency, large_pipeline=large_pipeline),
     }

@@ -98,6 +98,15 @@ def test_targets_report_ratios_and_verdicts():
     assert (failures["value"], failures["met"]) == (2, False)
 
 
+def test_the_2000px_target_names_its_bound_from_the_large_pipeline_ceiling():
+    rows = [_row("graft", "224", 16, 120.0), _row("graft", "2000", 16, 72.0)]
+    large_pipeline = {"images_per_second": 78.0}
+    large = evaluate_targets(rows, None, None, large_pipeline=large_pipeline)[3]
+    assert (large["value"], large["met"]) == (pytest.approx(0.6), False)
+    assert "at most 0.65 on this machine" in large["detail"]
+    assert "at most" not in evaluate_targets(rows, None, None)[3]["detail"]
+
+
 def test_targets_without_a_baseline_are_not_measured():
     targets = evaluate_targets([_row("graft", "224", 16, 90.0)], None, None)
     assert all(t["met"] is None for t in targets)
