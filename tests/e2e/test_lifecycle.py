@@ -1,4 +1,5 @@
-"""The server's life: a broken artifact stops it at start with one line; SIGTERM drains it."""
+"""The server's life: a broken artifact stops it at start with one line; SIGTERM drains it; a killed
+worker is replaced and serves again."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import threading
 import time
 
 import httpx
+import psutil
 import pytest
 
-from tests.e2e.conftest import REPO, png, serve, upload
+from tests.e2e.conftest import READY_TIMEOUT_S, REPO, png, serve, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -50,5 +52,32 @@ def test_sigterm_finishes_requests_in_flight_then_exits(lite0_classifier, tmp_pa
         server.process.wait(timeout=30)
         with pytest.raises(httpx.TransportError):  # nothing listens any more
             httpx.get(server.url + "/livez", timeout=2)
+    finally:
+        server.stop()
+
+
+def test_a_killed_worker_is_replaced_and_serves_again(lite0_classifier, tmp_path):
+    server = serve([lite0_classifier], tmp_path / "server.log")
+    server.start()
+    try:
+        # BentoML's arbiter holds the listening socket; the worker that serves is its child.
+        (worker,) = psutil.Process(server.process.pid).children()
+        worker.kill()
+        worker.wait(10)
+        started = time.monotonic()
+        while True:
+            assert server.process.poll() is None, "the server exited with its worker"
+            assert time.monotonic() - started < READY_TIMEOUT_S, server.log.read_text()[-3000:]
+            try:
+                if httpx.get(server.url + "/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        (replacement,) = psutil.Process(server.process.pid).children()
+        assert replacement.pid != worker.pid
+        answer = httpx.post(server.url + "/classify", files=upload(png((320, 240))), timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["predictions"]) == 1
     finally:
         server.stop()
