@@ -31,16 +31,26 @@ class JsonDocument:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str | bytes):
-        """Parse and validate; raise `invalid` naming every problem."""
+    def from_json(cls, text: str | bytes, *, source: object = None):
+        """Parse and validate; raise `invalid` naming every problem (and `source`, e.g. the file)."""
         try:
             return _adapter(cls).validate_json(text)
         except ValidationError as error:
-            raise cls.invalid(f"invalid {cls.document}: {error}") from None
+            raise cls._invalid(error, source) from None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
+    def from_dict(cls, data: dict[str, Any], *, source: object = None):
         try:
             return _adapter(cls).validate_python(data)
         except ValidationError as error:
-            raise cls.invalid(f"invalid {cls.document}: {error}") from None
+            raise cls._invalid(error, source) from None
+
+    @classmethod
+    def _invalid(cls, error: ValidationError, source: object) -> GraftError:
+        # One line, so `graft serve` can refuse to start with one line saying why.
+        problems = "; ".join(
+            f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}" if problem["loc"] else problem["msg"]
+            for problem in error.errors(include_url=False)
+        )
+        where = f" {source}" if source is not None else ""
+        return cls.invalid(f"invalid {cls.document}{where}: {problems}")

@@ -329,7 +329,7 @@ def read_head(directory: str | Path) -> Head:
     spec_path, weights_path = directory / HEAD_FILE, directory / WEIGHTS_FILE
     if not spec_path.is_file() or not weights_path.is_file():
         raise HeadError(f"expected a head directory with {HEAD_FILE} and {WEIGHTS_FILE}, got {directory}")
-    spec = HeadSpec.from_json(spec_path.read_bytes())
+    spec = HeadSpec.from_json(spec_path.read_bytes(), source=spec_path)
     try:
         with np.load(weights_path, allow_pickle=False) as npz:
             missing = set(ARRAYS) - set(npz.files)

@@ -176,7 +176,7 @@ def read_manifest(directory: str | Path) -> Manifest:
     path = Path(directory) / MANIFEST_FILE
     if not path.is_file():
         raise ManifestError(f"expected an artifact directory with {MANIFEST_FILE}, got {directory}")
-    return Manifest.from_json(path.read_bytes())
+    return Manifest.from_json(path.read_bytes(), source=path)
 
 
 def verify_model_hash(directory: str | Path, manifest: Manifest) -> None:

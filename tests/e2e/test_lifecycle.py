@@ -3,6 +3,7 @@ worker is replaced and serves again."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -33,6 +34,23 @@ def test_a_changed_model_stops_the_server_at_start_with_one_line(lite0_classifie
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("graft: cannot serve: expected model.onnx sha256"), done.stderr[-2000:]
+
+
+def test_a_broken_manifest_stops_the_server_at_start_with_one_line(lite0_classifier, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(lite0_classifier, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    del manifest["preprocessing"]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "graft.cli", "serve", "--model", str(broken), "--port", "0"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        f"graft serve: error: invalid manifest {broken / 'manifest.json'}: preprocessing: Field required"
+    ], done.stderr[-2000:]
 
 
 def test_sigterm_finishes_requests_in_flight_then_exits(lite0_classifier, tmp_path):

@@ -121,6 +121,19 @@ def test_malformed_json_is_a_manifest_error():
         Manifest.from_json("{not json")
 
 
+def test_a_bad_manifest_file_is_one_line_naming_the_file_and_every_field(tmp_path):
+    data = classifier().to_dict()
+    del data["preprocessing"]
+    data["labels"] = "cat"
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError) as raised:
+        read_manifest(tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"invalid manifest {tmp_path / 'manifest.json'}: ")
+    assert "preprocessing: Field required" in message and "labels:" in message
+
+
 def test_manifest_is_immutable():
     manifest = classifier()
     with pytest.raises(Exception):
