@@ -39,11 +39,11 @@ class JsonDocument:
             raise cls._invalid(error, source) from None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: object = None):
+    def from_dict(cls, data: dict[str, Any]):
         try:
             return _adapter(cls).validate_python(data)
         except ValidationError as error:
-            raise cls._invalid(error, source) from None
+            raise cls._invalid(error, None) from None
 
     @classmethod
     def _invalid(cls, error: ValidationError, source: object) -> GraftError:

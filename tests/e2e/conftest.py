@@ -69,6 +69,10 @@ class Server:
                 [*self.argv, "--host", "127.0.0.1", "--port", str(port)],
                 cwd=REPO, env=self.env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
             )
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Poll `/readyz` until 200, failing if the server exits or takes over READY_TIMEOUT_S."""
         started = time.monotonic()
         while True:
             assert self.process.poll() is None, f"server exited: {self.log.read_text()[-3000:]}"

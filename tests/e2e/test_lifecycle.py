@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,9 +17,20 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.conftest import READY_TIMEOUT_S, REPO, png, serve, upload
+from tests.e2e.conftest import REPO, png, serve, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def _serve_refused(model) -> subprocess.CompletedProcess:
+    """`graft serve` of `model`, expected to exit at start; its exit status and output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "graft.cli", "serve", "--model", str(model), "--port", "0"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode != 0
+    return done
 
 
 def test_a_changed_model_stops_the_server_at_start_with_one_line(lite0_classifier, tmp_path):
@@ -26,12 +38,7 @@ def test_a_changed_model_stops_the_server_at_start_with_one_line(lite0_classifie
     shutil.copytree(lite0_classifier, broken)
     with open(broken / "model.onnx", "ab") as handle:
         handle.write(b"tampered")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "graft.cli", "serve", "--model", str(broken), "--port", "0"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode != 0
+    done = _serve_refused(broken)
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("graft: cannot serve: expected model.onnx sha256"), done.stderr[-2000:]
 
@@ -42,31 +49,38 @@ def test_a_broken_manifest_stops_the_server_at_start_with_one_line(lite0_classif
     manifest = json.loads((broken / "manifest.json").read_text())
     del manifest["preprocessing"]
     (broken / "manifest.json").write_text(json.dumps(manifest))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "graft.cli", "serve", "--model", str(broken), "--port", "0"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode != 0
+    done = _serve_refused(broken)
     assert done.stderr.strip().splitlines() == [
         f"graft serve: error: invalid manifest {broken / 'manifest.json'}: preprocessing: Field required"
     ], done.stderr[-2000:]
 
 
+def _decoded_images(server) -> float:
+    """Images the server has decoded so far, from its `/metrics`."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    counts = re.findall(r'graft_stage_duration_seconds_count\{[^}]*stage="decode"[^}]*\} (\S+)', text)
+    return sum(float(count) for count in counts)
+
+
 def test_sigterm_finishes_requests_in_flight_then_exits(lite0_classifier, tmp_path):
-    server = serve([lite0_classifier], tmp_path / "server.log")
+    server = serve([lite0_classifier], tmp_path / "server.log", GRAFT_MAX_IMAGES="32")
     server.start()
     answers: list[httpx.Response] = []
-    body = upload(*[png((640, 480))] * 8)
+    body = upload(*[png((640, 480))] * 32)
     sender = threading.Thread(target=lambda: answers.append(
         httpx.post(server.url + "/classify", files=body, timeout=60)))
     try:
         sender.start()
-        time.sleep(0.05)
+        # SIGTERM once the request is being worked on (not on a guess of how long it takes to
+        # arrive): its first image decoded, 32 images of work still to finish.
+        started = time.monotonic()
+        while _decoded_images(server) == 0:
+            assert time.monotonic() - started < 30, "the request never reached the server"
+            time.sleep(0.005)
         os.killpg(server.process.pid, signal.SIGTERM)
         sender.join(60)
         assert answers and answers[0].status_code == 200, answers and answers[0].text
-        assert len(answers[0].json()["predictions"]) == 8
+        assert len(answers[0].json()["predictions"]) == 32
         server.process.wait(timeout=30)
         with pytest.raises(httpx.TransportError):  # nothing listens any more
             httpx.get(server.url + "/livez", timeout=2)
@@ -82,16 +96,7 @@ def test_a_killed_worker_is_replaced_and_serves_again(lite0_classifier, tmp_path
         (worker,) = psutil.Process(server.process.pid).children()
         worker.kill()
         worker.wait(10)
-        started = time.monotonic()
-        while True:
-            assert server.process.poll() is None, "the server exited with its worker"
-            assert time.monotonic() - started < READY_TIMEOUT_S, server.log.read_text()[-3000:]
-            try:
-                if httpx.get(server.url + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        server.wait_ready()
         (replacement,) = psutil.Process(server.process.pid).children()
         assert replacement.pid != worker.pid
         answer = httpx.post(server.url + "/classify", files=upload(png((320, 240))), timeout=30)
