@@ -302,7 +302,7 @@ def evaluate_targets(
             ratio(large, graft and graft["images_per_s"]), 0.7, True, "2000-px images/s / 224-px images/s" + (
                 f"; at most {large_pipeline['images_per_second'] / graft['images_per_s']:.2f} on this machine (the "
                 f"2000-px pipeline ceiling, {large_pipeline['images_per_second']:.1f} images/s, / 224-px images/s)"
-                if large_pipeline and graft else ""
+                if large_pipeline and graft and graft["images_per_s"] else ""
             ),
         ),
     ]

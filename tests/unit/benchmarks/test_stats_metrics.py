@@ -105,6 +105,8 @@ def test_the_2000px_target_names_its_bound_from_the_large_pipeline_ceiling():
     assert (large["value"], large["met"]) == (pytest.approx(0.6), False)
     assert "at most 0.65 on this machine" in large["detail"]
     assert "at most" not in evaluate_targets(rows, None, None)[3]["detail"]
+    failed = [_row("graft", "224", 16, 0.0), _row("graft", "2000", 16, 0.0)]
+    assert evaluate_targets(failed, None, None, large_pipeline=large_pipeline)[3]["value"] is None
 
 
 def test_targets_without_a_baseline_are_not_measured():
