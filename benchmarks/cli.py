@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from graft.argtypes import positive
+from graft.argtypes import non_negative_int, positive
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def register_batch(what: argparse._SubParsersAction) -> None:
     batch.add_argument("--sizes", default="224,640", help="JPEG sizes mixed in the collection (default: %(default)s)")
     batch.add_argument("--seconds", type=positive(float), default=5.0, help="ceiling: seconds per batch size (default: %(default)s)")
     batch.add_argument("--batch-size", type=positive(int), default=32, help="graft batch: images per ORT call (default: %(default)s)")
-    batch.add_argument("--service-clients", type=int, default=16,
+    batch.add_argument("--service-clients", type=non_negative_int, default=16,
                        help="also drive `graft serve` /embed on the same JPEGs with this many clients; 0 skips (default: %(default)s)")
     batch.add_argument("--repeat", type=positive(int), default=1, help="ceiling + job rounds (default: %(default)s)")
     batch.add_argument("--work", type=Path, default=Path("artifacts/bench-batch"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -48,7 +47,7 @@ async def create_head(request: Request) -> Response:
     graft.heads.check_put(name, engine.name, overwrite=overwrite)  # the store reserves served models' names
     results = await watched(request, graft.run_images(engine, form.images, max_images=config.max_fit_images),
                             engine.name)
-    embeddings = np.stack([result["embedding"] for result in results])
+    embeddings = target.outputs(results, ("embedding",))["embedding"]
     loop = asyncio.get_running_loop()
     fit = await loop.run_in_executor(None, fit_head, embeddings, labels)
     head = make_head(

@@ -176,6 +176,12 @@ async def server_fault(request: Request, error: Exception) -> Response:
 CATCH_ALL = "/{path:path}"
 
 
+def _paths(endpoint: Endpoint) -> set[str]:
+    """The endpoint's path and its trailing-slash twin: the same route (Starlette would answer 307
+    and make clients re-send)."""
+    return {endpoint.path, endpoint.path.rstrip("/") + "/"}
+
+
 def guarded_paths() -> Callable[[str], bool]:
     """Whether a path belongs to a guarded endpoint: a set lookup for fixed paths, a pattern only
     for templated ones (`/v2/models/{model}/infer`)."""
@@ -183,7 +189,7 @@ def guarded_paths() -> Callable[[str], bool]:
     for endpoint in ENDPOINTS:
         if not endpoint.guarded:
             continue
-        for path in (endpoint.path, endpoint.path + "/"):  # the trailing-slash twin is the same route
+        for path in _paths(endpoint):
             if "{" in path:
                 patterns.append(Route(path, endpoint.handler).path_regex)
             else:
@@ -211,8 +217,7 @@ def build_app() -> Starlette:
     """The Starlette app for every graft route, with its exception handlers."""
     routes = []
     for endpoint in ENDPOINTS:
-        # A trailing slash is the same route (Starlette would answer 307 and make clients re-send).
-        for path in {endpoint.path, endpoint.path.rstrip("/") + "/"}:
+        for path in _paths(endpoint):
             routes.append(Route(path, _checking_access(endpoint), methods=[endpoint.method]))
     routes.append(Route(CATCH_ALL, not_found, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
     return Starlette(
