@@ -5,32 +5,62 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 GRAFT ?= $(VENV)/bin/graft
 BENTOML ?= $(VENV)/bin/bentoml
+# `make serve` runs from a venv of its own with the serving dependencies only (no torch); ONNX Runtime's
+# GPU build where an NVIDIA driver answers, else its CPU build.
+SERVE_VENV ?= .venv-serve
+SERVE_RUNTIME ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 PORT ?= 3000
 ARTIFACTS ?= artifacts
 DEFAULT_MODEL := $(ARTIFACTS)/tf_efficientnet_lite0
 MODEL ?= $(DEFAULT_MODEL)
 DIST ?= dist
 STAMP := $(VENV)/.installed
+TRAIN_STAMP := $(VENV)/.installed-train
+SERVE_STAMP := $(SERVE_VENV)/.installed-$(SERVE_RUNTIME)
+CONTAINER_DEPS := /usr/bin/podman /usr/sbin/runc /usr/sbin/debootstrap
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test test-fast serve default-model bento bench bench-quick duplicates clean
+.PHONY: install serve-install system-deps container-deps test test-fast serve default-model bento image image-gpu \
+	bench bench-quick duplicates clean
 
 install: $(STAMP)
 
-# The venv is rebuilt when the declared dependencies or the tested pins change.
+# Everything (training, export, benchmarks, tests, Ray). Rebuilt when the declared dependencies or the
+# tested pins change.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# uv: `bentoml build` uses it to resolve the Bento's packages offline.
-	$(PY) -m pip install -q -c constraints.txt -e ".[train,bench,test,batch]" uv
+	$(PY) -m pip install -q -c constraints.txt -e ".[gpu,train,bench,test,batch]" uv
+	touch $@ $(TRAIN_STAMP)
+
+# Enough to export the default model (torch, timm, the weights' package): what `make serve` needs once.
+$(TRAIN_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[gpu,train]"
 	touch $@
 
+serve-install: $(SERVE_STAMP)
+$(SERVE_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[$(SERVE_RUNTIME)]"
+	rm -f $(SERVE_VENV)/.installed-* && touch $@
+
 # Test data from Debian: Fashion-MNIST's idx files.
-system-deps: $(FASHION_MNIST)
+system-deps: $(FASHION_MNIST) container-deps
 $(FASHION_MNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# Building and running the container image: Debian's podman, runc (see deploy/container/containers.conf)
+# and debootstrap (the base image where no registry is reachable).
+container-deps: $(CONTAINER_DEPS)
+$(CONTAINER_DEPS):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq podman runc debootstrap uidmap slirp4netns fuse-overlayfs
 
 test: install system-deps
 	$(PY) -m pytest
@@ -39,21 +69,25 @@ test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 # The default model: ImageNet EfficientNet-Lite0 from an installed package, exported once.
+# Exported by the training venv (the weights are PyTorch's); served by the serving venv.
 default-model: $(DEFAULT_MODEL)/manifest.json
-$(DEFAULT_MODEL)/manifest.json: | $(STAMP)
+$(DEFAULT_MODEL)/manifest.json: | $(TRAIN_STAMP)
 	$(GRAFT) export --backbone tf_efficientnet_lite0 --out $(DEFAULT_MODEL) --overwrite
 
-serve: install default-model
-	$(GRAFT) serve --model $(DEFAULT_MODEL) --port $(PORT)
+serve: serve-install default-model
+	$(SERVE_VENV)/bin/graft serve --model $(DEFAULT_MODEL) --port $(PORT)
 
-# The Bento installs graft's wheel (serving dependencies only) and bundles MODEL from the BentoML
-# store; the bentofile copy in $(DIST) names MODEL's store name instead of the default's. The build
-# imports the service, whose start-up check then verifies MODEL from the store.
-bento: install $(if $(filter $(DEFAULT_MODEL),$(MODEL)),default-model)
-	rm -rf $(DIST) && $(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) .
-	tag=$$($(GRAFT) register $(MODEL) | tail -n 1) && name=$${tag%%:*} && \
-	  sed -e "s|tf_efficientnet_lite0|$$name|g" -e "s|dist/graft-|$(DIST)/graft-|" bentofile.yaml > $(DIST)/bentofile.yaml && \
-	  GRAFT_MODELS=$$tag $(BENTOML) build -f $(DIST)/bentofile.yaml .
+# The Bento (graft's wheel, its serving dependencies, MODEL from the BentoML store) and the container
+# images built from it; each prints the Bento tag or the image name last. See deploy/container/.
+MODEL_DEP = $(if $(filter $(DEFAULT_MODEL),$(MODEL)),default-model)
+bento: install $(MODEL_DEP)
+	BENTO_ONLY=1 PY=$(PY) DIST=$(DIST) deploy/container/image.sh cpu $(MODEL)
+
+image: install container-deps $(MODEL_DEP)
+	PY=$(PY) DIST=$(DIST) deploy/container/image.sh cpu $(MODEL)
+
+image-gpu: install container-deps $(MODEL_DEP)
+	PY=$(PY) DIST=$(DIST) deploy/container/image.sh gpu $(MODEL)
 
 bench: install default-model
 	$(GRAFT) bench model

@@ -14,7 +14,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+
+try:
+    import onnxruntime as ort
+except ModuleNotFoundError as missing:  # graft's wheel leaves the runtime to an extra
+    raise ModuleNotFoundError(
+        "graft needs ONNX Runtime: pip install 'graft[cpu]', or 'graft[gpu]' on NVIDIA GPUs"
+    ) from missing
 
 from graft.artifact.manifest import MODEL_FILE, Manifest, verify_model_hash
 

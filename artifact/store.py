@@ -13,6 +13,11 @@ class ArtifactNotFound(GraftError, LookupError):
     """A reference names neither an artifact directory nor a model in the BentoML store."""
 
 
+def is_store_tag(reference: str) -> bool:
+    """Whether `resolve_artifact` looks `reference` up in the BentoML model store (not on disk)."""
+    return not Path(reference).expanduser().exists() and "/" not in reference
+
+
 def resolve_artifact(reference: str) -> Path:
     """The artifact directory `reference` names: a path (with `manifest.json`) or a model-store tag.
 
@@ -22,7 +27,7 @@ def resolve_artifact(reference: str) -> Path:
     path = Path(reference).expanduser()
     if (path / MANIFEST_FILE).is_file():
         return path
-    if path.exists() or "/" in reference:
+    if not is_store_tag(reference):
         raise ArtifactNotFound(f"expected an artifact directory with {MANIFEST_FILE}, got {reference}")
     import bentoml
     from bentoml.exceptions import BentoMLException

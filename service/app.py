@@ -26,13 +26,15 @@ import numpy as np
 from graft.artifact.errors import GraftError
 from graft.artifact.image import ImageDecodeError
 from graft.artifact.manifest import MODEL_FILE, verify_model_hash
+from graft.artifact.store import is_store_tag
 from graft.service.auth import Auth
 from graft.service.config import ConfigError, ServeConfig
 from graft.service.decode import prepare
 from graft.service.engine import Engine, Target, deadline_after
 from graft.service.errors import BadRequest, NotFound, Unavailable
+from graft.service import logs
 from graft.service.heads import HeadStore
-from graft.service.models import load_models, pick_default
+from graft.service.models import load_models, pick_default, split_reference
 from graft.service.middleware import RequestGuard
 from graft.service.routes import build_app, guarded_paths
 
@@ -91,21 +93,14 @@ if bentoml.server_context.worker_index is None:
     preflight(CONFIG)
 
 
-@bentoml.service(
-    name="graft", workers=CONFIG.workers, traffic={"timeout": 120},
-    # A log line per request costs the event loop more than refusing one (429) does under overload;
-    # graft logs every refusal and fault itself and counts requests in /metrics.
-    logging={"access": {"enabled": CONFIG.access_log}},
-    # OpenTelemetry makes three spans per request even when nothing exports them, the largest cost
-    # of answering a 429; graft's routes are traced only when asked (GRAFT_TRACING=1).
-    tracing={} if CONFIG.tracing else {"excluded_urls": [".*"]},
-)
 class Graft:
     """One worker: every model's session and batcher, the heads, auth and the decode pool. Models
     are verified before any worker starts (`preflight`); each worker warms every batch bucket in the
     background (`/readyz` is 503 until done), then serves."""
 
     def __init__(self) -> None:
+        if bentoml.server_context.worker_index is not None:  # a server's worker, not an in-process test
+            logs.configure(CONFIG.log_format, CONFIG.log_level)
         self.config = CONFIG
         models = load_models(CONFIG.models)
         self.default_model = pick_default(models, CONFIG.default_model)
@@ -115,8 +110,11 @@ class Graft:
         self.decoder = ThreadPoolExecutor(CONFIG.decode_threads, thread_name_prefix="graft-decode")
         self.draining = False
         self._ready = threading.Event()
+        self._stopped = threading.Event()
         self._drain_on_sigterm()
         threading.Thread(target=self._warm, name="graft-warmup", daemon=True).start()
+        if CONFIG.heads_dir is not None:
+            threading.Thread(target=self._follow_heads, name="graft-heads", daemon=True).start()
         log.info("serving %s (default %s)", sorted(self.engines), self.default_model)
 
     def _warm(self) -> None:
@@ -125,6 +123,14 @@ class Graft:
             engine.warmup()
         self._ready.set()
         log.info("ready: %d model(s) warmed in %.2fs", len(self.engines), time.perf_counter() - started)
+
+    def _follow_heads(self) -> None:
+        """Serve the heads other workers and replicas fit, replace or delete (`HeadStore.sync`)."""
+        while not self._stopped.wait(CONFIG.heads_poll_ms / 1000):
+            try:
+                self.heads.sync()
+            except Exception:  # a volume gone away for a moment: keep what is served, scan again
+                log.exception("scanning %s for heads failed", CONFIG.heads_dir)
 
     def _drain_on_sigterm(self) -> None:
         """On SIGTERM, answer 503 to new work and `/readyz` at once, then let the server's own
@@ -146,6 +152,7 @@ class Graft:
     @bentoml.on_shutdown
     def _drain(self) -> None:
         self.draining = True
+        self._stopped.set()
         for engine in self.engines.values():
             engine.close()
         self.decoder.shutdown(wait=False, cancel_futures=True)
@@ -231,6 +238,21 @@ class Graft:
         return self.config.max_latency_ms if timeout_ms is None else min(timeout_ms, self.config.max_latency_ms)
 
 
+# The models served from the BentoML store, declared so `bentoml build` bundles them into the Bento
+# and BentoML resolves them before the server starts (directories are the operator's to provide).
+for index, reference in enumerate(split_reference(ref)[1] for ref in CONFIG.models):
+    if is_store_tag(reference):
+        setattr(Graft, f"bundled_model_{index}", bentoml.models.BentoModel(reference))
+
+Graft = bentoml.service(
+    name="graft", workers=CONFIG.workers, traffic={"timeout": 120},
+    # A log line per request costs the event loop more than refusing one (429) does under overload;
+    # graft logs every refusal and fault itself and counts requests in /metrics.
+    logging={"access": {"enabled": CONFIG.access_log}},
+    # OpenTelemetry makes three spans per request even when nothing exports them, the largest cost
+    # of answering a 429; graft's routes are traced only when asked (GRAFT_TRACING=1).
+    tracing={} if CONFIG.tracing else {"excluded_urls": [".*"]},
+)(Graft)
 Graft.mount_asgi_app(build_app(), path="/")
 Graft.add_asgi_middleware(
     RequestGuard, guarded=guarded_paths(), max_request_bytes=CONFIG.max_request_bytes,

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--heads-dir", metavar="DIR",
                         help="where heads fitted with POST /heads are kept and loaded from (sets GRAFT_HEADS_DIR)")
     parser.add_argument("--default", metavar="NAME", help="model used when a request names none (default: the first)")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help="this server's BentoML home: its Prometheus multiprocess files and temp files "
+                             "(default: a directory of its own per port under the system's temp directory)")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=os.environ.get("PORT", "3000"))
     for flag in _TUNING:
@@ -71,6 +75,8 @@ def serve(args: argparse.Namespace) -> int:
         env["GRAFT_HEADS"] = ",".join(_absolute(reference) for reference in args.head)
     if args.heads_dir:
         env["GRAFT_HEADS_DIR"] = str(Path(args.heads_dir).resolve())
+    if args.verbose:
+        env["GRAFT_LOG_LEVEL"] = "DEBUG"
     for flag, variable in _TUNING.items():
         if getattr(args, flag) is not None:
             env[variable] = str(getattr(args, flag))
@@ -81,6 +87,9 @@ def serve(args: argparse.Namespace) -> int:
     for name, model in models.items():
         log.info("served as %s: %s %s from %s%s", name, model.manifest.task, model.manifest.version, model.directory,
                  " (default)" if name == default else "")
+    # Model-store tags resolved here, so the server needs no model store: its BentoML home is its own.
+    env["GRAFT_MODELS"] = ",".join(f"{name}={model.directory}" for name, model in models.items())
+    env["BENTOML_HOME"] = str(_state_dir(args.state_dir, args.port))
     log.info("listening on http://%s:%d", args.host, args.port)
     command = [
         sys.executable, "-m", "bentoml", "serve", "graft.service.app:Graft", "--host", args.host, "--port", str(args.port),
@@ -89,3 +98,20 @@ def serve(args: argparse.Namespace) -> int:
     sys.stderr.flush()
     os.execve(sys.executable, command, env)
     return 0  # not reached
+
+
+def _state_dir(given: str | None, port: int) -> Path:
+    """The server's own BentoML home.
+
+    NOTE: BentoML keeps its Prometheus multiprocess files under BENTOML_HOME and wipes them when a
+    server starts, so two servers sharing one home (a `make serve` beside the test suite) would erase
+    each other's metrics. One directory per port is private to the one server that can hold the port,
+    and reused (wiped) by the next server on it instead of piling up.
+    """
+    if given:
+        path = Path(given).resolve()
+    else:
+        path = Path(tempfile.gettempdir()) / f"graft-{os.getuid()}" / f"server-{port}"
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

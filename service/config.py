@@ -14,7 +14,7 @@ from graft.artifact.errors import GraftError
 from graft.artifact.image import DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "GRAFT_"
-DEFAULT_MODELS = "tf_efficientnet_lite0"  # a BentoML model-store tag: what the Bento bundles
+DEFAULT_MODELS = "tf_efficientnet_lite0"  # a BentoML model-store tag: `make serve`'s and `make bento`'s model
 
 
 class ConfigError(GraftError, ValueError):
@@ -39,13 +39,47 @@ def _env_list(name: str, default: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _secret(name: str) -> str:
+    """`GRAFT_<NAME>`, else the contents of the file `GRAFT_<NAME>_FILE` names (a mounted secret)."""
+    value = os.environ.get(ENV_PREFIX + name, "")
+    path = os.environ.get(ENV_PREFIX + name + "_FILE", "")
+    if value and path:
+        raise ConfigError(f"expected one of {ENV_PREFIX}{name} and {ENV_PREFIX}{name}_FILE, got both")
+    if not path:
+        return value
+    try:
+        return Path(path).read_text().strip()
+    except OSError as error:
+        raise ConfigError(f"expected {ENV_PREFIX}{name}_FILE to name a readable file, got {path} ({error.strerror})") from None
+
+
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(ENV_PREFIX + name) or default
+    if value not in choices:
+        raise ConfigError(f"expected {ENV_PREFIX}{name} to be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _built_models() -> str:
+    """The models a Bento was built with (`bentoml build --arg models=...`), else the default.
+
+    NOTE: Bento arguments travel inside the Bento and BentoML restores them wherever it loads one
+    (`bentoml serve BENTO`, each worker, the container), so a Bento serves the model it was built
+    with; an environment variable in the bentofile reaches only the generated Dockerfile.
+    """
+    import bentoml
+
+    return str(getattr(bentoml.use_arguments(), "models", "") or DEFAULT_MODELS)
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Everything the services read from the environment (`GRAFT_<FIELD>` in upper case).
 
     Attributes:
         models: model references, comma-separated in `GRAFT_MODELS`: an artifact directory, a
-            BentoML model tag, or `NAME=DIR_OR_TAG` to serve it under another name.
+            BentoML model tag, or `NAME=DIR_OR_TAG` to serve it under another name. Unset: the
+            models a Bento was built with, else the default model's store tag.
         default_model: the model used when a request names none; empty means the first one.
         workers: server processes (BentoML `workers`); each has its own sessions and batchers.
         max_batch_size: largest batch graft's batcher runs on one session.
@@ -70,14 +104,20 @@ class ServeConfig:
         max_heads: most heads served.
         max_fit_images: most images in one `POST /heads`.
         max_classes: most classes in one head.
-        admin_token: `GRAFT_ADMIN_TOKEN`, required by `POST`/`DELETE /heads`; empty: those answer 403.
-        api_keys: `GRAFT_API_KEYS`, comma-separated; when set, inference and listing routes need one.
+        heads_poll_ms: how often each worker scans the heads directory for heads other workers or
+            replicas fitted, replaced or deleted.
+        admin_token: `GRAFT_ADMIN_TOKEN` (or the file `GRAFT_ADMIN_TOKEN_FILE` names), required by
+            `POST`/`DELETE /heads`; empty: those answer 403.
+        api_keys: `GRAFT_API_KEYS` (or the file `GRAFT_API_KEYS_FILE` names), separated by commas or
+            lines; when set, inference and listing routes need one.
+        log_format: `plain` lines or `json` objects, one per record, on the server's stderr.
+        log_level: the `graft` loggers' level.
         access_log: BentoML's log line per request (`GRAFT_ACCESS_LOG=1`); off by default.
         tracing: OpenTelemetry spans for graft's routes (`GRAFT_TRACING=1`, with BentoML's tracing
             exporter configured); off by default.
     """
 
-    models: tuple[str, ...] = field(default_factory=lambda: _env_list("MODELS", DEFAULT_MODELS))
+    models: tuple[str, ...] = field(default_factory=lambda: _env_list("MODELS", _built_models()))
     default_model: str = field(default_factory=lambda: os.environ.get(ENV_PREFIX + "DEFAULT_MODEL", ""))
     workers: int = field(default_factory=lambda: _env_int("WORKERS", 1))
     max_batch_size: int = field(default_factory=lambda: _env_int("MAX_BATCH_SIZE", 32))
@@ -108,8 +148,15 @@ class ServeConfig:
     max_heads: int = field(default_factory=lambda: _env_int("MAX_HEADS", 100))
     max_fit_images: int = field(default_factory=lambda: _env_int("MAX_FIT_IMAGES", 2000))
     max_classes: int = field(default_factory=lambda: _env_int("MAX_CLASSES", 1000))
-    admin_token: str = field(default_factory=lambda: os.environ.get(ENV_PREFIX + "ADMIN_TOKEN", ""), repr=False)
-    api_keys: tuple[str, ...] = field(default_factory=lambda: _env_list("API_KEYS", ""), repr=False)
+    heads_poll_ms: int = field(default_factory=lambda: _env_int("HEADS_POLL_MS", 1000, minimum=50))
+    admin_token: str = field(default_factory=lambda: _secret("ADMIN_TOKEN"), repr=False)
+    api_keys: tuple[str, ...] = field(
+        default_factory=lambda: tuple(key.strip() for key in _secret("API_KEYS").replace("\n", ",").split(",") if key.strip()),
+        repr=False,
+    )
+    log_format: str = field(default_factory=lambda: _env_choice("LOG_FORMAT", "plain", ("plain", "json")))
+    log_level: str = field(default_factory=lambda: _env_choice(
+        "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")))
     access_log: bool = field(default_factory=lambda: _env_int("ACCESS_LOG", 0, minimum=0) > 0)
     tracing: bool = field(default_factory=lambda: _env_int("TRACING", 0, minimum=0) > 0)
 

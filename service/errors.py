@@ -7,9 +7,13 @@ raiser gives none. One handler (`graft.service.routes`) turns any `ServiceError`
 
 from __future__ import annotations
 
+import logging
+
 from starlette.responses import JSONResponse
 
 from graft.artifact.errors import GraftError
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(GraftError):
@@ -35,6 +39,11 @@ class ServiceError(GraftError):
     def response(self) -> JSONResponse:
         """The error as the HTTP response every route and the guard send."""
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+    def log(self, method: str, path: str) -> None:
+        """One log line per client mistake; overload (429, 503) is counted in /metrics instead."""
+        if self.status not in (429, 503):
+            log.info("%d %s %s: %s", self.status, method, path, self.message)
 
 
 class BadRequest(ServiceError, ValueError):

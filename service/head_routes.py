@@ -1,7 +1,7 @@
 """`POST /heads`, `GET /heads`, `GET|DELETE /heads/{name}`: transfer learning inside the service.
 
 A fit embeds the labelled images with the served backbone through the same batcher as every other
-request, fits a softmax regression in a worker thread (numpy/scipy), writes the head atomically
+request, fits a softmax regression in a worker thread (numpy), writes the head atomically
 under `GRAFT_HEADS_DIR` and serves it at once.
 """
 

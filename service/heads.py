@@ -12,8 +12,10 @@ Swapping a head is a dict assignment after the new head is on disk: a request th
 the old `Head` object finishes on it, later requests get the new one. Writes and deletes are rare
 and serialised by a lock; reads take none.
 
-NOTE: each worker process has its own store. A head fitted through one worker is on disk at once
-but the other workers serve it only after a restart.
+Every worker process has its own store, and every replica its own workers: each follows the heads
+directory (`sync`, a scan every `GRAFT_HEADS_POLL_MS`), so a head fitted, replaced or deleted through
+any of them is served (or gone) everywhere within a scan. Polling, not inotify: a heads directory
+shared between replicas is a network volume (NFS, CephFS, EFS) where inotify sees no other host's writes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from graft.artifact.heads import HEAD_FILE, NAME_PATTERN, Head, HeadError, HeadExists, read_head, write_head
 from graft.artifact.manifest import Manifest
@@ -55,15 +57,16 @@ class HeadStore:
         self._served: dict[str, ServedHead] = {}
         self._operator_dirs: dict[str, Path] = {}  # heads from --head NAME=DIR: not the API's to change
         self._backbones: dict[str, Manifest] = {}
+        self._stamps: dict[str, tuple[int, int, int]] = {}  # directory heads: their head.json as last read
+        self._gone: set[str] = set()  # directory heads missing from the last scan
         self._lock = threading.Lock()
 
     # ---- start-up -----------------------------------------------------------------------------------
-    def load(self, backbones: dict[str, Manifest], *, reserved: Iterable[str] = ()) -> None:
+    def load(self, backbones: dict[str, Manifest]) -> None:
         """Serve every head under `directory`, each on the served backbone it was fitted on.
 
         Args:
             backbones: the served models by name; any of them can carry heads.
-            reserved: further names heads must not take (the backbones' names always are).
 
         Raises:
             HeadError: a directory that is not a valid head, a head whose name is taken, or one
@@ -77,26 +80,26 @@ class HeadStore:
         for entry in sorted(self.directory.iterdir()):
             if entry.name.startswith(".") or not entry.is_dir():
                 continue
-            self._bind(entry.name, entry, reserved)
+            self._bind(entry.name, entry)
+            self._stamps[entry.name] = _stamp(entry)
         log.info("heads: %d loaded from %s", len(self._served), self.directory)
 
-    def add(self, name: str, directory: Path, backbones: dict[str, Manifest], *,
-            reserved: Iterable[str] = ()) -> None:
+    def add(self, name: str, directory: Path, backbones: dict[str, Manifest]) -> None:
         """Serve the head in `directory` as `name` (`graft serve --head NAME=DIR`); same checks as `load`.
 
         Raises:
             HeadError: as `load`.
         """
         self._backbones.update(backbones)
-        self._bind(name, Path(directory), reserved)
+        self._bind(name, Path(directory))
         self._operator_dirs[name] = Path(directory)
 
-    def _bind(self, name: str, directory: Path, reserved: Iterable[str]) -> None:
+    def _bind(self, name: str, directory: Path, *, rebind: bool = False) -> None:
         if not re.fullmatch(NAME_PATTERN, name):
             raise HeadError(f"expected a head name matching {NAME_PATTERN}, got {name!r} ({directory})")
-        if name in self._backbones or name in set(reserved):
+        if name in self._backbones:
             raise HeadError(f"head {name} ({directory}): expected a name that is not a served model's, got {name}")
-        if name in self._served:
+        if name in self._served and not rebind:
             raise HeadError(f"head {name} ({directory}): expected one head of that name, got a second one")
         try:
             head = read_head(directory)
@@ -122,6 +125,43 @@ class HeadStore:
             f"(model.onnx sha256 {ref.sha256[:12]}), which is not served; served: {served or 'none'}. "
             f"Serve that artifact too, or remove the head"
         )
+
+    # ---- following the directory ----------------------------------------------------------------------
+    def sync(self) -> None:
+        """Serve what the heads directory holds now: heads other workers or replicas wrote, replaced
+        or deleted since the last scan. One `stat` per head when nothing changed.
+
+        A head missing from two scans in a row stops being served: a replacement renames the old
+        directory aside an instant before the new one lands. A head that fails to read (or to fit a
+        served backbone) logs one warning per version and leaves the version already served in place.
+        """
+        if self.directory is None or not self.directory.is_dir():
+            return
+        found = {}
+        for entry in self.directory.iterdir():
+            if not entry.name.startswith(".") and entry.name not in self._operator_dirs:
+                try:
+                    found[entry.name] = _stamp(entry)
+                except OSError:  # a file, or a directory without head.json (yet)
+                    continue
+        with self._lock:
+            for name, stamp in found.items():
+                if self._stamps.get(name) == stamp:
+                    continue
+                self._stamps[name] = stamp  # tried once per version, whether it loads or not
+                try:
+                    self._bind(name, self.directory / name, rebind=True)
+                except HeadError as error:
+                    log.warning("head %s not served: %s", name, error)
+                    continue
+                log.info("head %s version %s served (from %s)", name, self._served[name].head.spec.version,
+                         self.directory)
+            gone = set(self._stamps) - set(found)
+            for name in gone & self._gone:
+                del self._stamps[name]
+                if self._served.pop(name, None) is not None:
+                    log.info("head %s no longer served (removed from %s)", name, self.directory)
+            self._gone = gone
 
     # ---- reading --------------------------------------------------------------------------------------
     def get(self, name: str) -> ServedHead | None:
@@ -162,14 +202,13 @@ class HeadStore:
         }
 
     # ---- changing -------------------------------------------------------------------------------------
-    def put(self, head: Head, backbone: str, *, overwrite: bool, reserved: Iterable[str] = ()) -> Path:
+    def put(self, head: Head, backbone: str, *, overwrite: bool) -> Path:
         """Write `head` under the heads directory, then serve it as `head.name` on `backbone`.
 
         Args:
             head: the new head (its name is the served name).
             backbone: the served model it was fitted on.
             overwrite: replace an existing head of that name.
-            reserved: further names heads must not take (served models' names always are).
 
         Returns:
             The head's directory.
@@ -181,7 +220,7 @@ class HeadStore:
         """
         name = head.name
         with self._lock:
-            self.check_put(name, backbone, overwrite=overwrite, reserved=reserved)
+            self.check_put(name, backbone, overwrite=overwrite)
             head.check_backbone(self._backbones[backbone])
             try:
                 path = write_head(self.directory / name, head, overwrite=overwrite)
@@ -191,6 +230,7 @@ class HeadStore:
             except HeadError as error:  # something else sits at that path
                 raise Conflict(str(error), expected="a free head name", got=name) from None
             self._served[name] = ServedHead(head, backbone)
+            self._stamps[name] = _stamp(path)
         log.info("head %s version %s served on %s (%s)", name, head.spec.version, backbone, path)
         return path
 
@@ -213,6 +253,7 @@ class HeadStore:
             if (path / HEAD_FILE).is_file():
                 path.rename(aside)
             del self._served[name]
+            self._stamps.pop(name, None)
         shutil.rmtree(aside, ignore_errors=True)
         log.info("head %s deleted", name)
 
@@ -223,7 +264,7 @@ class HeadStore:
             raise NotFound(expected=f"a served head ({known})", got=repr(name))
         return served
 
-    def check_put(self, name: str, backbone: str, *, overwrite: bool, reserved: Iterable[str] = ()) -> None:
+    def check_put(self, name: str, backbone: str, *, overwrite: bool) -> None:
         """Everything `put` would refuse, checked before the costly part (embedding, fitting).
 
         `put` checks again under its lock: another request may have taken the name meanwhile.
@@ -238,7 +279,7 @@ class HeadStore:
         if not re.fullmatch(NAME_PATTERN, name):
             raise BadRequest(expected=f"a head name matching {NAME_PATTERN} (lowercase letters, digits, '-', '_', "
                              "'.'; starting with a letter or digit)", got=repr(name))
-        if name in self._backbones or name in set(reserved):
+        if name in self._backbones:
             raise BadRequest(expected="a head name that is not a served model's", got=repr(name))
         if backbone not in self._backbones:
             raise NotFound(expected=f"a served backbone ({', '.join(sorted(self._backbones))})", got=repr(backbone))
@@ -252,3 +293,10 @@ class HeadStore:
         if not exists and len(self._served) >= self.max_heads:
             raise BadRequest(expected=f"at most {self.max_heads} heads (GRAFT_MAX_HEADS); delete one first",
                              got=f"a request for head number {len(self._served) + 1}")
+
+
+def _stamp(directory: Path) -> tuple[int, int, int]:
+    """What identifies one written version of a head: its head.json's inode, mtime and size (each
+    write lands a new directory, so a new inode)."""
+    stat = (directory / HEAD_FILE).stat()
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size

@@ -80,4 +80,5 @@ class RequestGuard:
 
     @staticmethod
     async def _refuse(scope, receive, send, error: ServiceError) -> None:
+        error.log(scope["method"], scope["path"])
         await error.response()(scope, receive, send)

@@ -156,8 +156,7 @@ async def not_found(request: Request) -> Response:
 async def service_error(request: Request, error: Exception) -> Response:
     if not isinstance(error, ServiceError):  # Starlette's HTTPException: a body it could not parse
         error = BadRequest(expected="a well-formed request", got=str(getattr(error, "detail", error)))
-    if error.status not in (429, 503):  # overload is counted in metrics, not logged per request
-        log.info("%d %s %s: %s", error.status, request.method, request.url.path, error.message)
+    error.log(request.method, request.url.path)
     return error.response()
 
 

@@ -63,6 +63,40 @@ def test_few_shot_head_on_real_embeddings(fmnist_embeddings):
     assert again.accuracy_estimate == result.accuracy_estimate
 
 
+def test_lbfgs_reaches_scipys_optimum(fmnist_embeddings):
+    """graft's numpy L-BFGS against scipy's L-BFGS-B on the same penalised problem: the same loss
+    (to 1e-5) and the same held-out predictions."""
+    optimize = pytest.importorskip("scipy.optimize")
+    from graft.service import head_fit
+
+    _, x, labels, test_x, _ = fmnist_embeddings
+    classes = sorted(set(labels))
+    y = np.array([classes.index(label) for label in labels])
+    mean, scale = head_fit._standardisation(x.astype(np.float64))
+    z = (x - mean) / scale
+    n, dim, c = len(y), z.shape[1], len(classes)
+    onehot = np.eye(c)[y]
+
+    def loss_and_grad(params):
+        weights, bias = params[: c * dim].reshape(c, dim), params[c * dim :]
+        logits = z @ weights.T + bias
+        log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+        delta = (np.exp(log_probs) - onehot) / n
+        loss = -np.sum(onehot * log_probs) / n + 0.5 * head_fit.DEFAULT_L2 * np.sum(weights * weights)
+        return loss, np.concatenate([(delta.T @ z + head_fit.DEFAULT_L2 * weights).ravel(), delta.sum(0)])
+
+    ours = head_fit._minimise(loss_and_grad, np.zeros(c * (dim + 1)))
+    theirs = optimize.minimize(loss_and_grad, np.zeros(c * (dim + 1)), jac=True, method="L-BFGS-B",
+                               options={"maxiter": head_fit.MAX_ITERATIONS, "ftol": head_fit.FTOL}).x
+    assert loss_and_grad(ours)[0] == pytest.approx(loss_and_grad(theirs)[0], rel=1e-5)
+    test_z = (test_x - mean) / scale
+
+    def predict(params):
+        return (test_z @ params[: c * dim].reshape(c, dim).T + params[c * dim :]).argmax(1)
+
+    np.testing.assert_array_equal(predict(ours), predict(theirs))
+
+
 @pytest.mark.slow
 def test_two_images_per_class_give_two_folds(fmnist_embeddings):
     _, x, labels, _, _ = fmnist_embeddings

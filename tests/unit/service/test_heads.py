@@ -165,8 +165,6 @@ def test_served_model_names_are_reserved(tmp_path, backbones, classifier):
     store = store_on(tmp_path, backbones)
     with pytest.raises(BadRequest, match="not a served model"):
         store.put(random_head(classifier, backbones[classifier]), classifier, overwrite=True)
-    with pytest.raises(BadRequest, match="not a served model"):
-        store.check_put("resnet50", classifier, overwrite=False, reserved={"resnet50"})
     write_head(tmp_path / classifier, random_head(classifier, backbones[classifier]))
     with pytest.raises(HeadError, match="not a served model"):
         store_on(tmp_path, backbones)
@@ -216,3 +214,44 @@ def test_operator_heads_are_served_but_not_changed_through_the_api(tmp_path, bac
     assert (operator_dir / "head.json").is_file()
     with pytest.raises(HeadError, match="second"):
         store.add("animals", operator_dir, backbones)
+
+
+def test_a_second_store_follows_what_the_first_writes(tmp_path, backbones, classifier, embedder):
+    """Two workers (or replicas) on one heads directory: `sync` serves what the other fitted,
+    replaced or deleted, and a head that fails to read leaves the served version in place."""
+    one, two = store_on(tmp_path, backbones), store_on(tmp_path, backbones)
+    first = random_head("shoes", backbones[classifier], seed=1)
+    one.put(first, classifier, overwrite=False)
+    assert two.get("shoes") is None
+    two.sync()
+    assert two.get("shoes").backbone == classifier
+    np.testing.assert_array_equal(two.get("shoes").head.arrays["weight"], first.arrays["weight"])
+
+    second = random_head("shoes", backbones[embedder], seed=2)
+    one.put(second, embedder, overwrite=True)
+    two.sync()
+    assert two.get("shoes").backbone == embedder
+    np.testing.assert_array_equal(two.get("shoes").head.arrays["weight"], second.arrays["weight"])
+    before = two.get("shoes")
+    two.sync()
+    assert two.get("shoes") is before, "an unchanged head is not read again"
+
+    (tmp_path / "shoes" / "weights.npz").write_bytes(b"torn")
+    two.sync()
+    assert two.get("shoes") is before, "a head that does not read keeps the served version"
+
+    one.put(random_head("boots", backbones[classifier], seed=3), classifier, overwrite=False)
+    one.delete("boots")
+    two.sync()
+    assert two.get("boots") is None
+
+
+def test_a_deleted_head_stops_being_served_after_two_scans(tmp_path, backbones, classifier):
+    one = store_on(tmp_path, backbones)
+    one.put(random_head("shoes", backbones[classifier]), classifier, overwrite=False)
+    two = store_on(tmp_path, backbones)
+    one.delete("shoes")
+    two.sync()
+    assert two.get("shoes") is not None, "one scan without it may be a replacement under way"
+    two.sync()
+    assert two.get("shoes") is None and "shoes" not in two
