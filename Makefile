@@ -13,7 +13,6 @@ PORT ?= 3000
 ARTIFACTS ?= artifacts
 DEFAULT_MODEL := $(ARTIFACTS)/tf_efficientnet_lite0
 MODEL ?= $(DEFAULT_MODEL)
-DIST ?= dist
 STAMP := $(VENV)/.installed
 TRAIN_STAMP := $(VENV)/.installed-train
 SERVE_STAMP := $(SERVE_VENV)/.installed-$(SERVE_RUNTIME)
@@ -81,13 +80,13 @@ serve: serve-install default-model
 # images built from it; each prints the Bento tag or the image name last. See deploy/container/.
 MODEL_DEP = $(if $(filter $(DEFAULT_MODEL),$(MODEL)),default-model)
 bento: install $(MODEL_DEP)
-	BENTO_ONLY=1 PY=$(PY) DIST=$(DIST) deploy/container/image.sh cpu $(MODEL)
+	BENTO_ONLY=1 PY=$(PY) deploy/container/image.sh cpu $(MODEL)
 
 image: install container-deps $(MODEL_DEP)
-	PY=$(PY) DIST=$(DIST) deploy/container/image.sh cpu $(MODEL)
+	PY=$(PY) deploy/container/image.sh cpu $(MODEL)
 
 image-gpu: install container-deps $(MODEL_DEP)
-	PY=$(PY) DIST=$(DIST) deploy/container/image.sh gpu $(MODEL)
+	PY=$(PY) deploy/container/image.sh gpu $(MODEL)
 
 bench: install default-model
 	$(GRAFT) bench model

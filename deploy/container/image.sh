@@ -4,7 +4,7 @@
 # Prints the Bento tag (BENTO_ONLY=1) or the image's name last.
 #
 # Usage: deploy/container/image.sh cpu|gpu MODEL_DIR_OR_TAG
-# Environment: PY (the venv's python; default .venv/bin/python), DIST (default dist),
+# Environment: PY (the venv's python; default .venv/bin/python),
 #   CONTAINER_ENGINE (podman or docker; default: whichever runs), IMAGE (default localhost/graft:VARIANT).
 set -euo pipefail
 variant=${1:?usage: image.sh cpu|gpu MODEL}
@@ -12,7 +12,7 @@ model=${2:?usage: image.sh cpu|gpu MODEL}
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/../.."
 py=${PY:-.venv/bin/python}
-dist=${DIST:-dist}
+dist=dist  # where the bentofiles' `python.wheels` look
 case "$variant" in
     cpu) bentofile=bentofile.yaml ;;
     gpu) bentofile=bentofile.gpu.yaml ;;

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,6 +45,13 @@ def upload(*paths_or_bytes, field_name: str = "images"):
         data = item.read_bytes() if isinstance(item, Path) else item
         parts.append((field_name, (f"{i}.jpg", data, "image/jpeg")))
     return parts
+
+
+def decoded_images(url: str) -> float:
+    """Images the server at `url` has decoded so far, from its `/metrics`."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    counts = re.findall(r'graft_stage_duration_seconds_count\{[^}]*stage="decode"[^}]*\} (\S+)', text)
+    return sum(float(count) for count in counts)
 
 
 @dataclass

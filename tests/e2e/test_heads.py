@@ -5,6 +5,7 @@ the server serving."""
 from __future__ import annotations
 
 import io
+import time
 
 import httpx
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 from graft.artifact.heads import HEAD_FILE
 from graft.models.data import fashion_mnist
-from tests.e2e.conftest import EMBEDDER
+from tests.e2e.conftest import EMBEDDER, serve, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -220,3 +221,32 @@ def test_replace_then_delete(heads_server, fitted, images):
     again = httpx.delete(f"{heads_server.url}/heads/{NAME}", headers=admin(heads_server), timeout=10)
     assert again.status_code == 404
     assert finished_heads_only(heads_server.heads_dir) == []
+
+
+def consistently(server, name, photo, status: int, *, within_s: float = 5, in_a_row: int = 20) -> None:
+    """`in_a_row` requests for `name` in a row answer `status` within `within_s`; each request is a
+    new connection, so the workers take turns."""
+    started, streak = time.monotonic(), 0
+    while streak < in_a_row:
+        assert time.monotonic() - started < within_s, f"{name}: not {status} on every worker within {within_s}s"
+        answer = httpx.post(server.url + "/classify", files=upload(photo), data={"model": name}, timeout=30)
+        assert answer.status_code in (200, 404), answer.text
+        streak = streak + 1 if answer.status_code == status else 0
+
+
+def test_every_worker_serves_a_head_fitted_replaced_or_deleted_through_one(lite0_classifier, tmp_path, images):
+    fit, held_out = images
+    server = serve([lite0_classifier], tmp_path / "server.log", GRAFT_WORKERS="2", GRAFT_ADMIN_TOKEN="workers-token",
+                   GRAFT_HEADS_DIR=str(tmp_path / "heads"), GRAFT_HEADS_POLL_MS="500")
+    server.token = "workers-token"
+    server.start()
+    try:
+        photo = held_out[0][0]
+        assert fit_request(server, "workers", fit).status_code == 201
+        consistently(server, "workers", photo, 200)
+        assert fit_request(server, "workers", fit[::-1], overwrite="true").status_code == 201
+        consistently(server, "workers", photo, 200)
+        assert httpx.delete(server.url + "/heads/workers", headers=admin(server), timeout=30).status_code == 200
+        consistently(server, "workers", photo, 404)
+    finally:
+        server.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.conftest import REPO, png, serve, upload
+from tests.e2e.conftest import REPO, decoded_images, png, serve, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -55,13 +54,6 @@ def test_a_broken_manifest_stops_the_server_at_start_with_one_line(lite0_classif
     ], done.stderr[-2000:]
 
 
-def _decoded_images(server) -> float:
-    """Images the server has decoded so far, from its `/metrics`."""
-    text = httpx.get(server.url + "/metrics", timeout=10).text
-    counts = re.findall(r'graft_stage_duration_seconds_count\{[^}]*stage="decode"[^}]*\} (\S+)', text)
-    return sum(float(count) for count in counts)
-
-
 def test_sigterm_finishes_requests_in_flight_then_exits(lite0_classifier, tmp_path):
     server = serve([lite0_classifier], tmp_path / "server.log", GRAFT_MAX_IMAGES="32")
     server.start()
@@ -74,7 +66,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits(lite0_classifier, tmp_pa
         # SIGTERM once the request is being worked on (not on a guess of how long it takes to
         # arrive): its first image decoded, 32 images of work still to finish.
         started = time.monotonic()
-        while _decoded_images(server) == 0:
+        while decoded_images(server.url) == 0:
             assert time.monotonic() - started < 30, "the request never reached the server"
             time.sleep(0.005)
         os.killpg(server.process.pid, signal.SIGTERM)

@@ -11,6 +11,7 @@ import asyncio
 import http.server
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -28,7 +29,7 @@ from graft.artifact.preprocessing import preprocess
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-from tests.e2e.conftest import EMBEDDER, REPO, png, upload
+from tests.e2e.conftest import EMBEDDER, REPO, Server, free_port, png, upload
 
 @pytest.fixture(scope="module")
 def reference(lite0_classifier, lite0_embedder, photo_jpegs):
@@ -226,21 +227,34 @@ def test_no_server_process_has_torch_loaded(server):
     assert any("onnxruntime" in Path(f"/proc/{pid}/maps").read_text() for pid in processes)
 
 
-def test_bentoml_build_packages_graft_without_torch(lite0_classifier, tmp_path):
+def test_a_bento_packages_graft_without_torch_and_serves_the_model_it_was_built_with(lite0_embedder, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
-    built = subprocess.run(
-        ["make", "--no-print-directory", "bento", f"MODEL={lite0_classifier}",
-         f"BENTOML={Path(sys.executable).parent / 'bentoml'}", f"GRAFT={Path(sys.executable).parent / 'graft'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
+    env = {k: v for k, v in env.items() if not k.startswith("GRAFT_")}
+    built = subprocess.run(["make", "--no-print-directory", "bento", f"MODEL={lite0_embedder}"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-3000:]
+    tag = built.stdout.strip().splitlines()[-1]
     (bento,) = (tmp_path / "bentoml" / "bentos" / "graft").glob("*/bento.yaml")
     root = bento.parent
-    text = bento.read_text()
-    assert "tf_efficientnet_lite0:" in text, "the model is not bundled"
+    assert f"graft:{root.name}" == tag
+    assert f"{EMBEDDER}:" in bento.read_text(), "the model is not bundled"
     requirements = (root / "env" / "python" / "requirements.txt").read_text()
-    assert "onnxruntime-gpu" in requirements and "nvidia-cudnn-cu13" in requirements
-    assert "torch" not in requirements.lower()
+    assert "onnxruntime>=" in requirements and "onnxruntime-gpu" not in requirements
+    assert "torch" not in requirements.lower() and "scipy" not in requirements.lower()
     wheels = [p.name for p in (root / "env" / "python" / "wheels").glob("graft-*.whl")]
     assert len(wheels) == 1, "graft itself is installed from its wheel"
     assert not list((root / "src").rglob("*.py")), "no source folders copied beside the wheel"
+
+    # `bentoml serve` of the Bento, as its container does: the model it was built with, no GRAFT_MODELS.
+    port = free_port()
+    with open(tmp_path / "bento.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        bento_server = Server([], env, tmp_path / "bento.log", url=f"http://127.0.0.1:{port}", process=process)
+        bento_server.wait_ready()
+        models = httpx.get(bento_server.url + "/models", timeout=10).json()
+        assert [model["name"] for model in models["models"]] == [EMBEDDER], models
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
