@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 def summary(manifest: Manifest) -> dict:
-    """The manifest's headline figures, as BentoML model metadata (plain JSON types)."""
-    return {
+    """The manifest's headline figures, as BentoML model metadata (plain JSON types; BentoML refuses
+    None, so what an artifact lacks, an embedder's class count, is left out)."""
+    figures = {
         "task": manifest.task,
         "backbone": manifest.backbone,
         "version": manifest.version,
@@ -32,8 +33,9 @@ def summary(manifest: Manifest) -> dict:
         "pretrained": manifest.weights.pretrained,
         "created_at": manifest.created_at,
         "schema_version": manifest.schema_version,
-        "parity_top1_agreement": {k: v.top1_agreement for k, v in manifest.parity.items()},
+        "parity_top1_agreement": {k: v.top1_agreement for k, v in manifest.parity.items() if v.top1_agreement is not None},
     }
+    return {key: value for key, value in figures.items() if value is not None}
 
 
 def register_artifact(directory: str | os.PathLike) -> str:

@@ -241,6 +241,10 @@ def test_every_worker_serves_a_head_fitted_replaced_or_deleted_through_one(lite0
     server.token = "workers-token"
     server.start()
     try:
+        ready_in_a_row = 0
+        while ready_in_a_row < 20:  # both workers warmed (start() saw one of them ready)
+            ready = httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+            ready_in_a_row = ready_in_a_row + 1 if ready else 0
         photo = held_out[0][0]
         assert fit_request(server, "workers", fit).status_code == 201
         consistently(server, "workers", photo, 200)
