@@ -241,8 +241,9 @@ def test_every_worker_serves_a_head_fitted_replaced_or_deleted_through_one(lite0
     server.token = "workers-token"
     server.start()
     try:
-        ready_in_a_row = 0
+        ready_in_a_row, started = 0, time.monotonic()
         while ready_in_a_row < 20:  # both workers warmed (start() saw one of them ready)
+            assert time.monotonic() - started < 60, "the second worker never got ready"
             ready = httpx.get(server.url + "/readyz", timeout=10).status_code == 200
             ready_in_a_row = ready_in_a_row + 1 if ready else 0
         photo = held_out[0][0]
