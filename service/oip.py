@@ -13,7 +13,13 @@ What graft answers, per model (a classifier, an embedder, or a head on a backbon
 - Outputs: `logits`, `probabilities` (softmax) and `embedding` (raw, not normalised) for models
   with labels; `embedding` only for embedders. All FP32 [N, dim]. The classification extension
   turns any of them into BYTES [N, k] strings "score:index:label", formatted as Triton does.
-- Extensions: binary tensor data, classification, model configuration (`GET .../config`).
+- Extensions: binary tensor data, classification, model configuration (`GET .../config`),
+  statistics (`GET /v2/models[/{model}]/stats`), and the model repository's index
+  (`POST /v2/repository/index`; not its load and unload: graft's models are fixed at start, so the
+  extension itself is not announced).
+- Versions are the artifacts' content hashes, with no integer alias: a name serves one version at a
+  time, so a request that names none gets it, and one that pins a version the server no longer
+  serves gets a 404 naming the current one, rather than a different model behind the same "1".
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from graft.service.errors import BadRequest, NotFound
 
 IMAGES_INPUT = "images"
 LABELLED_OUTPUTS = ("logits", "probabilities")
-EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")
 PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX model run by ONNX Runtime
 
 # Fixed-size datatypes the protocol defines, as little-endian numpy dtypes (the binary extension
@@ -128,7 +134,8 @@ def server_metadata(version: str) -> dict[str, Any]:
 
 
 def model_metadata(model: ModelSignature) -> dict[str, Any]:
-    """`GET /v2/models/{model}`: both accepted inputs (a request sends exactly one) and the outputs."""
+    """`GET /v2/models/{model}`: both accepted inputs, the outputs, and (in `parameters`, which the
+    tensor metadata has no room for) that a request sends exactly one of the inputs."""
     height, width = model.input_size
     return {
         "name": model.name,
@@ -141,7 +148,14 @@ def model_metadata(model: ModelSignature) -> dict[str, Any]:
         "outputs": [
             {"name": name, "datatype": "FP32", "shape": [-1, dim]} for name, dim in model.outputs.items()
         ],
+        "parameters": {"inputs": _one_input(model)},
     }
+
+
+def _one_input(model: ModelSignature) -> str:
+    height, width = model.input_size
+    return (f"exactly one input: BYTES '{IMAGES_INPUT}' [N] of encoded images, or FP32 "
+            f"'{model.input_name}' [N, 3, {height}, {width}] already preprocessed")
 
 
 def model_config(model: ModelSignature, max_batch_size: int) -> dict[str, Any]:
@@ -149,7 +163,8 @@ def model_config(model: ModelSignature, max_batch_size: int) -> dict[str, Any]:
 
     `dims` exclude the batch axis, as Triton's do when `max_batch_size` > 0. Triton needs at least
     one dim, so a batch of encoded images is `dims [1]` reshaped to `[]`: clients built from the
-    config send [N, 1], which `model_input` accepts beside [N].
+    config send [N, 1], which `model_input` accepts beside [N]. Both inputs are `optional`, since a
+    request sends one of them: a client that fills every required input would send both.
     """
     height, width = model.input_size
     return {
@@ -159,15 +174,91 @@ def model_config(model: ModelSignature, max_batch_size: int) -> dict[str, Any]:
         "max_batch_size": max_batch_size,
         "input": [
             {"name": IMAGES_INPUT, "data_type": "TYPE_STRING", "format": "FORMAT_NONE",
-             "dims": [1], "reshape": {"shape": []}},
+             "dims": [1], "reshape": {"shape": []}, "optional": True},
             {"name": model.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
-             "dims": [3, height, width]},
+             "dims": [3, height, width], "optional": True},
         ],
         "output": [
             {"name": name, "data_type": "TYPE_FP32", "dims": [dim]} for name, dim in model.outputs.items()
         ],
         "dynamic_batching": {},
     }
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """One model's figures as graft's metrics keep them, per image (what its batcher schedules).
+
+    Attributes:
+        images: images run, in batches that succeeded.
+        batches: batches run.
+        refused: images refused without running (queue full, deadline, client gone).
+        queued, queue_s: images that left the queue for a batch, and their summed wait.
+        prepared, prepare_s: images decoded and preprocessed, and the time that took.
+        batch_s: the batches' summed run time (the session, softmax and split).
+    """
+
+    images: int = 0
+    batches: int = 0
+    refused: int = 0
+    queued: int = 0
+    queue_s: float = 0.0
+    prepared: int = 0
+    prepare_s: float = 0.0
+    batch_s: float = 0.0
+
+
+def model_statistics(model: ModelSignature, stats: ModelStatistics) -> dict[str, Any]:
+    """One model's entry in Triton's statistics extension (`GET /v2/models[/{model}]/stats`).
+
+    Counts are images, as Triton's `inference_count` counts a batch of N as N. Two fields differ
+    from Triton's per-request figures, since graft times stages, not requests: `compute_infer`
+    counts executions (its mean is one batch's run time, as in Triton's `batch_stats`), and
+    `success.ns` is the sum of the stages (queue, input, infer). `fail` counts refused images,
+    untimed; `last_inference` is not tracked (0).
+    """
+
+    def duration(count: int, seconds: float) -> dict[str, int]:
+        return {"count": count, "ns": round(seconds * 1e9)}
+
+    return {
+        "name": model.name,
+        "version": model.version,
+        "last_inference": 0,
+        "inference_count": stats.images,
+        "execution_count": stats.batches,
+        "inference_stats": {
+            "success": duration(stats.images, stats.queue_s + stats.prepare_s + stats.batch_s),
+            "fail": duration(stats.refused, 0),
+            "queue": duration(stats.queued, stats.queue_s),
+            "compute_input": duration(stats.prepared, stats.prepare_s),
+            "compute_infer": duration(stats.batches, stats.batch_s),
+            "compute_output": duration(0, 0),  # inside compute_infer
+            "cache_hit": duration(0, 0),
+            "cache_miss": duration(0, 0),
+        },
+        "batch_stats": [],
+    }
+
+
+def index_ready_only(body: bytes) -> bool:
+    """`POST /v2/repository/index`'s optional `{"ready": true|false}` (an empty body is allowed)."""
+    if not body.strip():
+        return False
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _refusal("the index request", "a JSON object", "invalid JSON") from None
+    _expect(isinstance(document, dict), "the index request", "a JSON object", type(document).__name__)
+    ready = document.get("ready", False)
+    _expect(isinstance(ready, bool), "'ready'", "true or false", repr(ready))
+    return ready
+
+
+def repository_index(models: list[ModelSignature], state: str, reason: str = "") -> list[dict[str, str]]:
+    """`POST /v2/repository/index`: every served model (and head) in the server's one `state`
+    (`READY`, `LOADING` while warming up, `UNAVAILABLE` while shutting down)."""
+    return [{"name": m.name, "version": m.version, "state": state, "reason": reason} for m in models]
 
 
 def parse_infer_request(body: bytes, header_length: str | int | None = None) -> InferRequest:
@@ -225,10 +316,7 @@ def model_input(
             string that is not base64, or a non-finite value in a preprocessed tensor.
     """
     height, width = model.input_size
-    accepted = (
-        f"exactly one input: BYTES '{IMAGES_INPUT}' [N] of encoded images, or FP32 "
-        f"'{model.input_name}' [N, 3, {height}, {width}] already preprocessed"
-    )
+    accepted = _one_input(model)
     if len(request.inputs) != 1:
         raise BadRequest(expected=accepted, got=f"{len(request.inputs)} inputs "
                          f"{[tensor.name for tensor in request.inputs]}")

@@ -93,13 +93,13 @@ def test_server_health_and_metadata(client):
     assert client.is_server_ready()
     metadata = client.get_server_metadata()
     assert metadata["name"] == "graft"
-    assert {"binary_tensor_data", "classification"} <= set(metadata["extensions"])
+    assert {"binary_tensor_data", "classification", "statistics"} <= set(metadata["extensions"])
 
 
 @pytest.mark.parametrize("model, outputs", [
     (CLASSIFIER, {"logits", "probabilities", "embedding"}), (EMBEDDER, {"embedding"}),
 ])
-def test_model_metadata_config_and_readiness(client, manifest, model, outputs):
+def test_model_metadata_config_and_readiness(server, client, manifest, model, outputs):
     height, width = manifest.preprocessing.input_size
     metadata = client.get_model_metadata(model)
     assert metadata["name"] == model
@@ -115,6 +115,37 @@ def test_model_metadata_config_and_readiness(client, manifest, model, outputs):
     assert config["name"] == model and config["max_batch_size"] >= 1
     assert {o["name"] for o in config["output"]} == outputs
     assert {i["data_type"] for i in config["input"]} == {"TYPE_STRING", "TYPE_FP32"}
+    assert all(i["optional"] for i in config["input"]) and "exactly one" in metadata["parameters"]["inputs"]
+    ready = httpx.get(f"{server.url}/v2/models/{model}/versions/{version}/ready", timeout=10)
+    assert ready.json() == {"name": model, "ready": True}
+
+
+def test_statistics_count_what_ran(client, jpegs):
+    """`get_inference_statistics()` as a dashboard reads it: per model, in images, across routes."""
+    (before,) = client.get_inference_statistics(CLASSIFIER)["model_stats"]
+    client.infer(CLASSIFIER, [images_input(jpegs, binary=True)])
+    version = client.get_model_metadata(CLASSIFIER)["versions"][0]
+    (after,) = client.get_inference_statistics(CLASSIFIER, model_version=version)["model_stats"]
+    assert (after["name"], after["version"]) == (CLASSIFIER, version)
+    assert after["inference_count"] - before["inference_count"] == len(jpegs)
+    assert after["execution_count"] > before["execution_count"]
+    stats, earlier = after["inference_stats"], before["inference_stats"]
+    for stage in ("success", "queue", "compute_input"):
+        assert stats[stage]["count"] - earlier[stage]["count"] == len(jpegs), stage
+    for stage in ("success", "queue", "compute_input", "compute_infer"):
+        assert stats[stage]["ns"] > earlier[stage]["ns"], stage
+    everything = client.get_inference_statistics()["model_stats"]
+    assert [entry["name"] for entry in everything] == [CLASSIFIER, EMBEDDER]
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_inference_statistics(CLASSIFIER, model_version="1")
+    assert caught.value.status() == "404" and version in caught.value.message()
+
+
+def test_repository_index_lists_every_model_ready(client):
+    index = client.get_model_repository_index()
+    versions = {model: client.get_model_metadata(model)["versions"][0] for model in (CLASSIFIER, EMBEDDER)}
+    assert index == [{"name": name, "version": version, "state": "READY", "reason": ""}
+                     for name, version in versions.items()]
 
 
 def test_unknown_model_and_version(client):

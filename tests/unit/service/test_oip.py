@@ -26,13 +26,17 @@ from graft.service.errors import BadRequest, NotFound
 from graft.service.oip import (
     InferRequest,
     ModelSignature,
+    ModelStatistics,
     RequestedOutput,
     classifications,
     encode_infer_response,
+    index_ready_only,
     model_config,
     model_input,
     model_metadata,
+    model_statistics,
     parse_infer_request,
+    repository_index,
     requested_outputs,
     server_metadata,
 )
@@ -221,16 +225,52 @@ def test_metadata_config_and_versions(model, manifest):
     assert {o["name"]: o["shape"] for o in metadata["outputs"]} == {
         "logits": [-1, 1000], "probabilities": [-1, 1000], "embedding": [-1, manifest.embedding_dim],
     }
+    assert "exactly one input" in metadata["parameters"]["inputs"]
     config = model_config(model, max_batch_size=8)
     assert config["max_batch_size"] == 8
     assert [i["data_type"] for i in config["input"]] == ["TYPE_STRING", "TYPE_FP32"]
     assert config["input"][1]["dims"] == [3, height, width]
-    assert set(server_metadata("1.0")["extensions"]) >= {"binary_tensor_data", "classification"}
+    # A client that fills every input the config requires must not send both.
+    assert all(i["optional"] is True for i in config["input"])
+    assert set(server_metadata("1.0")["extensions"]) >= {"binary_tensor_data", "classification", "statistics"}
     model.check_version(None)
     model.check_version(manifest.version)
     with pytest.raises(NotFound) as caught:
         model.check_version("999")
     assert caught.value.status == 404
+
+
+def test_statistics_entry_has_tritons_fields_in_nanoseconds(model):
+    stats = ModelStatistics(images=10, batches=2, refused=3, queued=10, queue_s=0.5, prepared=11,
+                            prepare_s=0.25, batch_s=0.125)
+    entry = model_statistics(model, stats)
+    assert (entry["name"], entry["version"]) == (model.name, model.version)
+    assert (entry["inference_count"], entry["execution_count"]) == (10, 2)
+    durations = entry["inference_stats"]
+    assert set(durations) == {"success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
+                              "cache_hit", "cache_miss"}
+    assert durations["queue"] == {"count": 10, "ns": 500_000_000}
+    assert durations["compute_input"] == {"count": 11, "ns": 250_000_000}
+    assert durations["compute_infer"] == {"count": 2, "ns": 125_000_000}
+    assert durations["success"] == {"count": 10, "ns": 875_000_000}  # the stages' sum
+    assert durations["fail"] == {"count": 3, "ns": 0}
+    assert all(isinstance(value, int) for d in durations.values() for value in d.values())
+    empty = model_statistics(model, ModelStatistics())
+    assert empty["inference_count"] == 0 and empty["inference_stats"]["success"] == {"count": 0, "ns": 0}
+
+
+def test_repository_index_and_its_request(model):
+    head = dataclasses.replace(model, name="pets", version="abc")
+    assert repository_index([model, head], "READY") == [
+        {"name": model.name, "version": model.version, "state": "READY", "reason": ""},
+        {"name": "pets", "version": "abc", "state": "READY", "reason": ""},
+    ]
+    assert index_ready_only(b"") is False  # tritonclient sends an empty body
+    assert index_ready_only(b'{"ready": true}') is True
+    assert index_ready_only(b"{}") is False
+    for body in (b"{", b"[true]", b'{"ready": 1}'):
+        with pytest.raises(BadRequest):
+            index_ready_only(body)
 
 
 # Malformed requests -------------------------------------------------------------------------------
