@@ -114,7 +114,8 @@ class Server:
 def serve(models: list[Path], log: Path, **env: str) -> Server:
     # Only these settings: not the caller's GRAFT_* (nor those the in-process suite sets).
     base = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    argv = [sys.executable, "-m", "graft.cli", "serve"]
+    # Each server its own BentoML home beside its log, not one per port in the system's temp directory.
+    argv = [sys.executable, "-m", "graft.cli", "serve", "--state-dir", str(log.parent / f"{log.stem}-home")]
     for model in models:
         argv += ["--model", str(model)]
     return Server(argv, {**base, **LIMITS, **env}, log)
