@@ -23,11 +23,19 @@ except ModuleNotFoundError as missing:  # graft's wheel leaves the runtime to an
     ) from missing
 
 from graft.artifact.manifest import MODEL_FILE, Manifest, verify_model_hash
+from graft.artifact.postprocess import softmax
 
 log = logging.getLogger(__name__)
 
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+DEFAULT_PROVIDERS = (*_GPU_PROVIDERS, "CPUExecutionProvider")
+"""The order the service and batch jobs try providers in; those ONNX Runtime lacks are skipped."""
+
+
+def default_trt_cache_dir() -> Path:
+    """Where TensorRT engines are kept between runs, unless configured."""
+    return Path.home() / ".cache" / "graft" / "tensorrt"
 
 
 def gpu_present() -> bool:
@@ -87,13 +95,6 @@ def session_providers(
     if any(name == "TensorrtExecutionProvider" for name, _ in chosen):
         trt_cache_dir.mkdir(parents=True, exist_ok=True)
     return chosen
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32, stable for large logits."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted, dtype=np.float32)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 class Runner:

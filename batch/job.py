@@ -27,6 +27,8 @@ from graft.artifact.errors import GraftError
 from graft.artifact.image import DEFAULT_MAX_PIXELS
 from graft.artifact.manifest import Manifest, read_manifest
 from graft.artifact.outputs import check_output_dir, move_into_place
+from graft.artifact.postprocess import served_identity
+from graft.artifact.runtime import DEFAULT_PROVIDERS, default_trt_cache_dir
 from graft.batch.sources import BatchInputError, FileSource, ParquetSource, resolve_model, resolve_source
 from graft.batch.stages import CLASSIFY, EMBED, PATH, Infer, artifact_files, decode
 
@@ -35,7 +37,6 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "_graft.json"
 """Job summary inside OUT; the leading underscore makes Parquet readers skip it, and it marks OUT as
 graft's own output (what `--overwrite` may replace)."""
-PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 PATHS_PER_BLOCK = 128
 
 
@@ -84,7 +85,7 @@ class JobConfig:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     overwrite: bool = False
     progress: bool = True
-    trt_cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "graft" / "tensorrt")
+    trt_cache_dir: Path = field(default_factory=default_trt_cache_dir)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def _check(config: JobConfig) -> tuple[Path, Manifest, FileSource | ParquetSourc
         raise BatchInputError(f"expected task embed or classify, got {config.task!r}")
     directory = resolve_model(config.model)
     manifest = read_manifest(directory)
-    names = (manifest.name, manifest.version)
+    names = served_identity(manifest)
     if config.head is not None:
         if config.task != CLASSIFY:
             raise BatchInputError("expected --head with `graft batch classify`, got it with embed")
@@ -158,7 +159,7 @@ def _check(config: JobConfig) -> tuple[Path, Manifest, FileSource | ParquetSourc
 
         head = read_head(config.head)
         head.check_backbone(manifest)
-        names = (f"{manifest.name}+{head.name}", f"{manifest.version}+{head.spec.version}")
+        names = served_identity(manifest, head)
     elif config.task == CLASSIFY and manifest.task != "classifier":
         raise BatchInputError(
             f"expected a classifier artifact (or --head) for classify, got {manifest.task} {manifest.name}"
@@ -220,7 +221,7 @@ def build_pipeline(config: JobConfig, directory: Path, manifest: Manifest, sourc
         # pinning it as a restartable constructor argument): nodes need no shared artifact path.
         fn_constructor_args=([ray.put(artifact_files(directory))],),
         fn_constructor_kwargs={
-            "task": config.task, "batch_size": config.batch_size, "providers": PROVIDERS,
+            "task": config.task, "batch_size": config.batch_size, "providers": DEFAULT_PROVIDERS,
             "intra_op_threads": config.intra_op_threads, "trt_cache_dir": str(config.trt_cache_dir),
             "top_k": config.top_k, "normalize_embeddings": config.normalize,
             "head_files": None if config.head is None else [ray.put(_head_files(config.head))],

@@ -23,7 +23,8 @@ import pyarrow as pa
 from graft.artifact.image import decode_image
 from graft.artifact.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest
 from graft.artifact.preprocessing import PreprocessingSpec, crop, normalize
-from graft.artifact.runtime import Runner, softmax
+from graft.artifact.postprocess import batch_buckets, l2_normalize, served_identity, softmax, top_k
+from graft.artifact.runtime import Runner
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,6 @@ def decode(
             log.debug("image %s: %s", paths[i], errors[i])
     passthrough = {k: v for k, v in batch.items() if k not in (bytes_column, path_column)}
     return {**passthrough, PATH: np.array(paths, dtype=object), PIXELS: pixels, ERROR: np.array(errors, dtype=object)}
-
-
-def buckets(batch_size: int) -> tuple[int, ...]:
-    """Powers of two up to `batch_size`, and `batch_size` itself: the shapes a GPU session is warmed at."""
-    sizes, size = [], 1
-    while size < batch_size:
-        sizes.append(size)
-        size *= 2
-    return (*sizes, batch_size)
 
 
 def _fetch(files: dict[str, bytes] | list) -> dict[str, bytes]:
@@ -118,7 +110,7 @@ class Infer:
         try:
             self.manifest: Manifest = read_manifest(directory)
             self.runner = Runner(
-                directory, self.manifest, buckets=buckets(batch_size), providers=providers,
+                directory, self.manifest, buckets=batch_buckets(batch_size), providers=providers,
                 intra_op_threads=intra_op_threads, trt_cache_dir=Path(trt_cache_dir),
             )
         finally:
@@ -141,10 +133,7 @@ class Infer:
                 shutil.rmtree(head_directory, ignore_errors=True)
             self.head.check_backbone(self.manifest)
             self.labels = self.head.labels
-        self.model_name = self.manifest.name if self.head is None else f"{self.manifest.name}+{self.head.name}"
-        self.model_version = (
-            self.manifest.version if self.head is None else f"{self.manifest.version}+{self.head.spec.version}"
-        )
+        self.model_name, self.model_version = served_identity(self.manifest, self.head)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         errors = [str(e) or None for e in batch[ERROR]]
@@ -173,8 +162,7 @@ class Infer:
         if outputs:
             found = outputs["embedding"]
             if self.normalize_embeddings:
-                # The same expression as the service's /embed.
-                found = found / np.maximum(np.linalg.norm(found, axis=1, keepdims=True), 1e-12)
+                found = l2_normalize(found)
             vectors[ok] = found
         return pa.FixedSizeListArray.from_arrays(
             pa.array(vectors.reshape(-1), pa.float32()), dim, mask=pa.array(~ok)
@@ -186,11 +174,7 @@ class Infer:
         scores = np.zeros((len(ok), k), np.float32)
         if outputs:
             logits = self.head.apply(outputs["embedding"]) if self.head is not None else outputs["logits"]
-            probabilities = softmax(logits)
-            # Stable sort of negated scores: ties keep label order, exactly as /classify ranks them.
-            best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-            indices[ok] = best
-            scores[ok] = np.take_along_axis(probabilities, best, axis=1)
+            indices[ok], scores[ok] = top_k(softmax(logits), k)
         rows = np.flatnonzero(ok)
         label_rows: list[list[str] | None] = [None] * len(ok)
         index_rows: list[list[int] | None] = [None] * len(ok)

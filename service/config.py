@@ -12,6 +12,8 @@ from pathlib import Path
 
 from graft.artifact.errors import GraftError
 from graft.artifact.image import DEFAULT_MAX_PIXELS
+from graft.artifact.postprocess import batch_buckets
+from graft.artifact.runtime import DEFAULT_PROVIDERS, default_trt_cache_dir
 
 ENV_PREFIX = "GRAFT_"
 DEFAULT_MODELS = "tf_efficientnet_lite0"  # a BentoML model-store tag: `make serve`'s and `make bento`'s model
@@ -129,16 +131,9 @@ class ServeConfig:
     decode_threads: int = field(default_factory=lambda: _env_int("DECODE_THREADS", min(8, os.cpu_count() or 1)))
     intra_op_threads: int = field(default_factory=lambda: _env_int("INTRA_OP_THREADS", 0, minimum=0))
     intra_op_spinning: bool = field(default_factory=lambda: _env_int("INTRA_OP_SPINNING", 0, minimum=0) > 0)
-    providers: tuple[str, ...] = field(
-        default_factory=lambda: _env_list(
-            "PROVIDERS", "TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider"
-        )
-    )
+    providers: tuple[str, ...] = field(default_factory=lambda: _env_list("PROVIDERS", ",".join(DEFAULT_PROVIDERS)))
     trt_cache_dir: Path = field(
-        default_factory=lambda: Path(
-            os.environ.get(ENV_PREFIX + "TRT_CACHE_DIR")
-            or Path.home() / ".cache" / "graft" / "tensorrt"
-        )
+        default_factory=lambda: Path(os.environ.get(ENV_PREFIX + "TRT_CACHE_DIR") or default_trt_cache_dir())
     )
     max_concurrency: int = field(default_factory=lambda: _env_int("MAX_CONCURRENCY", 64))
     heads: tuple[str, ...] = field(default_factory=lambda: _env_list("HEADS", ""))
@@ -166,8 +161,4 @@ class ServeConfig:
 
     def batch_buckets(self) -> tuple[int, ...]:
         """Batch sizes sessions are padded to and warmed at: powers of two up to the maximum."""
-        buckets, size = [], 1
-        while size < self.max_batch_size:
-            buckets.append(size)
-            size *= 2
-        return (*buckets, self.max_batch_size)
+        return batch_buckets(self.max_batch_size)

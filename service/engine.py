@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from graft.artifact.heads import Head
-from graft.artifact.runtime import Runner, softmax
+from graft.artifact.postprocess import softmax
+from graft.artifact.runtime import Runner
 from graft.service.batcher import Batcher
 from graft.service.config import ServeConfig
 from graft.service.metrics import metrics

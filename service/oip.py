@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from graft.artifact.manifest import Manifest
+from graft.artifact.postprocess import top_k
 from graft.service.errors import BadRequest, NotFound
 
 IMAGES_INPUT = "images"
@@ -412,14 +413,11 @@ def classifications(values: np.ndarray, class_count: int, labels: tuple[str, ...
     in C's `%f` format, as Triton's `std::to_string` prints it; ties keep the lower index first, as
     `/classify` orders them.
     """
-    count = min(class_count, values.shape[-1])
-    rows = []
-    for row in values:
-        best = np.argsort(-row, kind="stable")[:count]
-        rows.append([
-            f"{float(row[i]):f}:{i}" + (f":{labels[i]}" if labels else "") for i in best.tolist()
-        ])
-    return rows
+    best, scores = top_k(values, class_count)
+    return [
+        [f"{score:f}:{i}" + (f":{labels[i]}" if labels else "") for i, score in zip(row.tolist(), row_scores.tolist())]
+        for row, row_scores in zip(best, scores)
+    ]
 
 
 def _expect(ok: bool, what: str, expected: str, got: str) -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 
+from graft.artifact.postprocess import l2_normalize, top_k
 from graft.service import head_routes, schemas, v2
 from graft.service.endpoint import ClientGone, Endpoint, Handler, service, watched
 from graft.service.engine import Target
@@ -44,16 +44,15 @@ EMBED_FIELDS = {
 }
 
 
-def _top_k(target: Target, results: list[dict], top_k: int) -> dict:
+def _top_k(target: Target, results: list[dict], k: int) -> dict:
     labels = target.labels
-    k = min(top_k, len(labels))
-    predictions = []
-    for probabilities in target.outputs(results, ("probabilities",))["probabilities"]:
-        best = np.argsort(-probabilities, kind="stable")[:k]
-        predictions.append([
-            {"label": labels[i], "index": int(i), "score": float(probabilities[i])} for i in best
-        ])
-    return {"model": target.name, "top_k": k, "top_k_capped": top_k > k, "predictions": predictions}
+    best, scores = top_k(target.outputs(results, ("probabilities",))["probabilities"], k)
+    predictions = [
+        [{"label": labels[i], "index": i, "score": score} for i, score in zip(row.tolist(), row_scores.tolist())]
+        for row, row_scores in zip(best, scores)
+    ]
+    returned = best.shape[1]
+    return {"model": target.name, "top_k": returned, "top_k_capped": k > returned, "predictions": predictions}
 
 
 async def classify(request: Request) -> Response:
@@ -83,7 +82,7 @@ async def embed(request: Request) -> Response:
     )
     vectors = target.outputs(results, ("embedding",))["embedding"]
     if form.options["normalize"]:
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = l2_normalize(vectors)
     return JSONResponse({
         "model": target.name, "dim": int(vectors.shape[1]), "normalized": form.options["normalize"],
         "embeddings": vectors.tolist(),

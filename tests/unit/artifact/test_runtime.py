@@ -7,7 +7,8 @@ import pytest
 from graft.artifact.manifest import MODEL_FILE
 from graft.artifact.preprocessing import preprocess_batch
 from graft.artifact.manifest import read_manifest
-from graft.artifact.runtime import Runner, session_providers, softmax
+from graft.artifact.postprocess import softmax
+from graft.artifact.runtime import Runner, session_providers
 
 
 class Artifact:
