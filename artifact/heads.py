@@ -26,8 +26,6 @@ import hashlib
 import io
 import json
 import re
-import shutil
-import uuid
 import zipfile
 from dataclasses import dataclass as plain_dataclass
 from datetime import datetime, timezone
@@ -42,7 +40,7 @@ from pydantic.dataclasses import dataclass
 from graft.artifact.documents import JsonDocument
 from graft.artifact.errors import GraftError
 from graft.artifact.manifest import Manifest, ParityFigures
-from graft.artifact.outputs import move_into_place
+from graft.artifact.outputs import atomic_directory
 
 SCHEMA_VERSION = 1
 HEAD_FILE = "head.json"
@@ -293,20 +291,12 @@ def write_head(directory: str | Path, head: Head, *, overwrite: bool = False) ->
     """
     out = Path(directory)
     _check_replaceable(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkdtemp: its 0700 would hide the head from a service running as another user.
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    # Checked again before the swap: another writer may have finished meanwhile.
+    with atomic_directory(out, before_swap=lambda: _check_replaceable(out, overwrite)) as tmp:
         buffer = io.BytesIO()
         np.savez(buffer, **head.arrays)
         (tmp / WEIGHTS_FILE).write_bytes(buffer.getvalue())
         (tmp / HEAD_FILE).write_text(head.spec.to_json())
-        _check_replaceable(out, overwrite)  # again: another writer may have finished meanwhile
-        move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

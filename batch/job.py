@@ -16,9 +16,7 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +24,7 @@ from typing import Iterator
 from graft.artifact.errors import GraftError
 from graft.artifact.image import DEFAULT_MAX_PIXELS
 from graft.artifact.manifest import Manifest, read_manifest
-from graft.artifact.outputs import check_output_dir, move_into_place
+from graft.artifact.outputs import atomic_directory, check_output_dir
 from graft.artifact.postprocess import served_identity
 from graft.artifact.runtime import DEFAULT_PROVIDERS, default_trt_cache_dir
 from graft.batch.sources import BatchInputError, FileSource, ParquetSource, resolve_model, resolve_source
@@ -246,24 +244,24 @@ def run_job(config: JobConfig) -> JobSummary:
     """
     directory, manifest, source, (model, version) = _check(config)
     out = config.output.resolve()
-    tmp = out.parent / f"{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with ray_session(config.ray_address) as ray_start:
-        from ray.data import DataContext
 
-        DataContext.get_current().enable_progress_bars = config.progress
-        dataset, actors, gpus_per_actor = build_pipeline(config, directory, manifest, source)
-        log.info("batch %s: %s on %d actor(s) (%d GPU each) -> %s", config.task, manifest.name, actors,
-                 gpus_per_actor, out)
-        started = time.perf_counter()
-        try:
+    def recheck() -> None:  # before the swap: another job may have finished there meanwhile
+        check_output_dir(out, config.overwrite, marker=SUMMARY_FILE, what="batch output directory",
+                         error=BatchInputError)
+
+    # Not hidden: `OUT.tmp-<id>` is what users see of a job in progress.
+    with atomic_directory(out, before_swap=recheck, hidden=False) as tmp:
+        with ray_session(config.ray_address) as ray_start:
+            from ray.data import DataContext
+
+            DataContext.get_current().enable_progress_bars = config.progress
+            dataset, actors, gpus_per_actor = build_pipeline(config, directory, manifest, source)
+            log.info("batch %s: %s on %d actor(s) (%d GPU each) -> %s", config.task, manifest.name, actors,
+                     gpus_per_actor, out)
+            started = time.perf_counter()
             dataset.write_parquet(str(tmp))
             seconds = time.perf_counter() - started
             images, errors = _count(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    try:
         summary = JobSummary(
             task=config.task, model=model, version=version, output=str(out), images=images, errors=errors,
             seconds=round(seconds, 3), images_per_second=round(images / seconds, 2) if seconds else 0.0,
@@ -271,12 +269,6 @@ def run_job(config: JobConfig) -> JobSummary:
             batch_size=config.batch_size,
         )
         (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2) + "\n")
-        check_output_dir(out, config.overwrite, marker=SUMMARY_FILE, what="batch output directory",
-                         error=BatchInputError)  # again: another job may have finished there meanwhile
-        move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 

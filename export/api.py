@@ -11,8 +11,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +21,7 @@ import onnx
 import torch
 
 from graft.artifact.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, WeightsInfo, sha256_file, write_manifest
-from graft.artifact.outputs import check_output_dir, move_into_place
+from graft.artifact.outputs import atomic_directory, check_output_dir
 from graft.artifact.preprocessing import PreprocessingSpec, preprocess_batch
 from graft.export import graph, parity
 from graft.export.errors import ExportError, OutputExists
@@ -179,11 +177,8 @@ def _run_provenance(run_dir: Path, checkpoint) -> str:
 
 
 def _export(source: _Source, out: Path, *, headless: bool, fp16: bool, overwrite: bool) -> Manifest:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkdtemp: its 0700 would hide the artifact from a service running as another user.
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    # Checked again before the swap: something may have appeared while exporting.
+    with atomic_directory(out, before_swap=lambda: _check_out(out, overwrite)) as tmp:
         io = graph.io_spec(source.backbone, source.preprocessing.input_size, headless=headless)
         fp32_path = tmp / ("model.fp32.onnx" if fp16 else MODEL_FILE)
         graph.export_onnx(source.backbone, fp32_path, io)
@@ -216,11 +211,6 @@ def _export(source: _Source, out: Path, *, headless: bool, fp16: bool, overwrite
             precision="fp16" if fp16 else "fp32",
         )
         write_manifest(tmp, manifest)
-        _check_out(out, overwrite)  # again: something may have appeared while exporting
-        move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote %s (%s %s, version %s)", out, manifest.task, manifest.precision, manifest.version)
     return manifest
 

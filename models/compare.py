@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from graft.artifact.errors import GraftError
-from graft.artifact.outputs import check_output_dir, move_into_place
+from graft.artifact.outputs import atomic_directory, check_output_dir
 
 REPORT_FILE = "report.md"
 CURVES_FILE = "curves.png"
@@ -105,9 +103,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     check_output_dir(out, overwrite, marker=REPORT_FILE, what="comparison dir", error=CompareError)
     runs = [summarise(run) for run in run_dirs]
     table = markdown_table(runs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         (tmp / REPORT_FILE).write_text(
             f"# Run comparison\n\n{table}\n"
             "Accuracy and macro F1 on each run's evaluation split; train time is the whole run "
@@ -115,11 +111,6 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
             f"![loss and accuracy per epoch]({CURVES_FILE})\n"
         )
         plot_runs(runs, tmp / CURVES_FILE)
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the report from other users
-        move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return table
 
 

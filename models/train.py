@@ -28,8 +28,6 @@ import logging
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -44,7 +42,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from graft.artifact.errors import GraftError
-from graft.artifact.outputs import check_output_dir, move_into_place
+from graft.artifact.outputs import atomic_directory, check_output_dir
 from graft.artifact.preprocessing import PreprocessingSpec
 from graft.models.backbones import Backbone, get_backbone
 from graft.models.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
@@ -424,9 +422,7 @@ def _file_counts(splits: Splits) -> dict:
 def _write_run_dir(out: Path, config: TrainConfig, model: Backbone, splits: Splits,
                    weights_source: str, weights_sha256: str | None, metrics: dict) -> None:
     spec = get_backbone(config.backbone).preprocessing
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:  # an existing `out` was vetted by check_out
         model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
         save_checkpoint(tmp / CHECKPOINT_FILE, Checkpoint(
             backbone=config.backbone,
@@ -454,7 +450,3 @@ def _write_run_dir(out: Path, config: TrainConfig, model: Backbone, splits: Spli
         plot_curves(metrics["history"], tmp / "curves.png", title)
         plot_confusion(np.array(metrics["confusion_matrix"]), splits.labels, tmp / "confusion_matrix.png",
                        f"{title}: accuracy {metrics['accuracy']:.3f}")
-        move_into_place(tmp, out)  # an existing `out` was vetted by check_out
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
