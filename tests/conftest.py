@@ -86,3 +86,11 @@ def lite0_embedder(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifacts") / "lite0-embedder"
     export_backbone("tf_efficientnet_lite0", out, headless=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def cpu_image(lite0_classifier, tmp_path_factory) -> str:
+    """The CPU container image of the Lite0 artifact, built once per session with `make image`."""
+    from tests.containers import build_image
+
+    return build_image(lite0_classifier, tmp_path_factory.mktemp("bentoml"))

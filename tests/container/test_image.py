@@ -11,17 +11,14 @@ import time
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.container.conftest import Container, podman, shared_dir
+from tests.containers import TOKEN, Container, fit_head, podman, served_within, shared_dir
 from tests.e2e.conftest import decoded_images, serve, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.container]
 
-TOKEN = "container-admin-token"
 HEADS_IN_CONTAINER = "/var/lib/graft/heads"
 IMAGE_BUDGET_BYTES = 600_000_000
-SPREAD_S = 5  # a head written through one replica is served by the others within this
 
 
 @pytest.fixture(scope="module")
@@ -101,42 +98,6 @@ def test_logs_reach_the_container_output(replica_a):
     assert "ready: 1 model(s) warmed" in logs
     assert "400 POST /classify: images[0]: expected an image file" in logs
     assert TOKEN not in logs
-
-
-def fit_head(container, name):
-    """A 2-class head fitted through `POST /heads` on flipped and cropped variants of real photos."""
-    photos = {"cat": "chelsea", "cup": "coffee"}
-    files, labels = [], []
-    for label, photo in photos.items():
-        from skimage import data
-
-        image = Image.fromarray(getattr(data, photo)())
-        for variant in (image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), image.crop((20, 20, 260, 260))):
-            files += upload(_jpeg(variant))
-            labels.append(label)
-    answer = httpx.post(container.url + "/heads", files=files, data={"name": name, "labels": labels},
-                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
-    assert answer.status_code == 201, answer.text
-
-
-def _jpeg(image: Image.Image) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def served_within(container, name, photo, *, present: bool) -> float:
-    """Seconds until `container` serves head `name` (or stops serving it), each try a new connection."""
-    started = time.monotonic()
-    while True:
-        answer = httpx.post(container.url + "/classify", files=upload(photo), data={"model": name}, timeout=30)
-        if (answer.status_code == 200) == present:
-            return time.monotonic() - started
-        assert answer.status_code in (200, 404), answer.text
-        assert time.monotonic() - started < SPREAD_S, f"{name} {'not served' if present else 'still served'}"
-        time.sleep(0.1)
 
 
 def test_a_head_reaches_the_other_replica_and_survives_a_restart(replica_a, replica_b, photo_jpegs):

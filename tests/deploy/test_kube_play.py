@@ -22,8 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.container.conftest import Container, cpu_image, podman, shared_dir  # noqa: F401 (fixture)
-from tests.container.test_image import TOKEN, fit_head, served_within
+from tests.containers import TOKEN, Container, fit_head, podman, served_within, shared_dir
 from tests.deploy.conftest import KUBERNETES, find, render
 from tests.e2e.conftest import decoded_images, free_port, upload
 

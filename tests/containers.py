@@ -1,8 +1,9 @@
-"""The CPU container image, built once per session with the documented command (`make image`), and
-containers of it run with podman on free loopback ports."""
+"""Containers for the tests: podman with the repository's containers.conf, the documented image
+build (`make image`), containers of it on free loopback ports, and the head a replica fits."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -11,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
+from PIL import Image
+from skimage import data
 
-from tests.e2e.conftest import REPO, free_port
+from tests.e2e.conftest import REPO, free_port, upload
 
 CONTAINERS_CONF = os.environ.get("CONTAINERS_CONF") or str(REPO / "deploy" / "container" / "containers.conf")
 READY_TIMEOUT_S = 120
@@ -27,12 +29,11 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     return done
 
 
-@pytest.fixture(scope="session")
-def cpu_image(lite0_classifier, tmp_path_factory) -> str:
-    """`make image` on the test suite's Lite0 artifact (its own BentoML store); the image's name.
-    Podman reuses the package-install layer while graft's wheel and the requirements are unchanged."""
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")), "CONTAINERS_CONF": CONTAINERS_CONF}
-    done = subprocess.run(["make", "--no-print-directory", "image", f"MODEL={lite0_classifier}"],
+def build_image(model: Path, bentoml_home: Path) -> str:
+    """`make image MODEL=model` with its own BentoML store; the image's name. Podman reuses the
+    package-install layer while graft's wheel and the requirements are unchanged."""
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "CONTAINERS_CONF": CONTAINERS_CONF}
+    done = subprocess.run(["make", "--no-print-directory", "image", f"MODEL={model}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done.stdout.strip().splitlines()[-1]
@@ -84,3 +85,39 @@ def shared_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o777)
     return path
+
+
+TOKEN = "container-admin-token"
+SPREAD_S = 5  # a head written through one replica is served by the others within this
+
+
+def fit_head(container, name):
+    """A 2-class head fitted through `POST /heads` on flipped and cropped variants of real photos."""
+    photos = {"cat": "chelsea", "cup": "coffee"}
+    files, labels = [], []
+    for label, photo in photos.items():
+        image = Image.fromarray(getattr(data, photo)())
+        for variant in (image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), image.crop((20, 20, 260, 260))):
+            files += upload(_jpeg(variant))
+            labels.append(label)
+    answer = httpx.post(container.url + "/heads", files=files, data={"name": name, "labels": labels},
+                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+    assert answer.status_code == 201, answer.text
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def served_within(container, name, photo, *, present: bool) -> float:
+    """Seconds until `container` serves head `name` (or stops serving it), each try a new connection."""
+    started = time.monotonic()
+    while True:
+        answer = httpx.post(container.url + "/classify", files=upload(photo), data={"model": name}, timeout=30)
+        if (answer.status_code == 200) == present:
+            return time.monotonic() - started
+        assert answer.status_code in (200, 404), answer.text
+        assert time.monotonic() - started < SPREAD_S, f"{name} {'not served' if present else 'still served'}"
+        time.sleep(0.1)
