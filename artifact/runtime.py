@@ -97,6 +97,34 @@ def session_providers(
     return chosen
 
 
+def open_session(
+    model: Path | bytes, *, providers: list = ("CPUExecutionProvider",), intra_op_threads: int = 0,
+    intra_op_spinning: bool = False, log_severity_level: int = 2,
+) -> ort.InferenceSession:
+    """An ONNX Runtime session with the settings serving runs: every graph optimisation, one
+    inter-op thread, idle intra-op threads asleep unless `intra_op_spinning`. The service, its
+    start-up check, the export parity gate and the benchmarks all open sessions here, so the parity
+    gate checks the configuration that serves.
+
+    Args:
+        model: a `model.onnx` path, or a serialised graph.
+        providers: as `ort.InferenceSession` takes them (names, or (name, options) pairs).
+        intra_op_threads: 0 lets ONNX Runtime use one per physical core.
+        log_severity_level: ONNX Runtime's own log threshold (3: errors only).
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = log_severity_level
+    if not intra_op_spinning:
+        # Idle intra-op threads otherwise busy-wait for the next batch, taking cores from the
+        # API worker's decoding (on 2 cores: 44 vs 29 CPU-ms per image at one client).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=options,
+                                providers=list(providers))
+
+
 class Runner:
     """One artifact's ONNX Runtime session.
 
@@ -124,18 +152,9 @@ class Runner:
         self.input_name = manifest.io.input.name
         self.input_shape = (3, *manifest.preprocessing.input_size)
         self.output_names = [output.name for output in manifest.io.outputs]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if not intra_op_spinning:
-            # Idle intra-op threads otherwise busy-wait for the next batch, taking cores from the
-            # API worker's decoding (on 2 cores: 44 vs 29 CPU-ms per image at one client).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         started = time.perf_counter()
-        self.session = ort.InferenceSession(
-            str(directory / MODEL_FILE),
-            sess_options=options,
+        self.session = open_session(
+            directory / MODEL_FILE, intra_op_threads=intra_op_threads, intra_op_spinning=intra_op_spinning,
             providers=session_providers(
                 providers, trt_cache_dir=trt_cache_dir, input_name=self.input_name,
                 input_shape=self.input_shape, max_batch=buckets[-1],

@@ -88,11 +88,10 @@ def sweep(engine: str, run: Runner, inputs: dict[int, np.ndarray], timing: Timin
 
 # ---- engines ------------------------------------------------------------------------------------
 def _ort_runner(model_path: Path, providers: list[tuple[str, dict]]) -> Runner:
-    import onnxruntime as ort
+    from graft.artifact.runtime import open_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # a provider that cannot load is reported below, once
-    session = ort.InferenceSession(str(model_path), options, providers=providers)
+    # log_severity_level 3: a provider that cannot load is reported below, once.
+    session = open_session(model_path, providers=providers, log_severity_level=3)
     if session.get_providers()[0] != providers[0][0]:
         raise EngineUnavailable(f"expected {providers[0][0]}, got {session.get_providers()}")
     input_name = session.get_inputs()[0].name

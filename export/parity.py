@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from graft.artifact.manifest import ParityFigures
+from graft.artifact.runtime import open_session
 from graft.export.errors import ParityError
 from graft.models.backbones import Backbone
 
@@ -78,8 +78,8 @@ def torch_outputs(backbone: Backbone, inputs: np.ndarray, names: tuple[str, ...]
 
 
 def onnx_outputs(path: Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """ONNX Runtime's outputs (CPU provider, default graph optimisations) by name, in batches."""
-    session = ort.InferenceSession(str(path), providers=[PROVIDER])
+    """ONNX Runtime's outputs (CPU provider, the serving session settings) by name, in batches."""
+    session = open_session(path, providers=[PROVIDER])
     input_name = session.get_inputs()[0].name
     names = [o.name for o in session.get_outputs()]
     batches = [session.run(names, {input_name: inputs[s : s + BATCH_SIZE]}) for s in range(0, len(inputs), BATCH_SIZE)]

@@ -19,10 +19,10 @@ import logging
 from typing import Sequence
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
+from graft.artifact.runtime import open_session
 from graft.models.backbones import Backbone
 
 log = logging.getLogger(__name__)
@@ -95,11 +95,9 @@ class OnnxRuntimeModel:
     """An exported graph on ONNX Runtime's CPU provider: a float32 NCHW batch in, its first output out."""
 
     def __init__(self, program: torch.onnx.ONNXProgram):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # the thread budget torch would have used
-        self.session = ort.InferenceSession(
-            program.model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        # The thread budget torch would have used.
+        self.session = open_session(program.model_proto.SerializeToString(),
+                                    intra_op_threads=torch.get_num_threads())
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         inputs = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
