@@ -102,8 +102,9 @@ def _checked_pixels(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
 def crop(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
     """The geometric half of `preprocess`: uint8 RGB pixels [H, W, 3] of the model's input size.
 
-    The service sends these (4x smaller than float32) from its decode threads to the inference
-    worker, which `normalize`s whole batches; `preprocess` is exactly `normalize(crop(...))`.
+    Batch jobs ship these (4x smaller than float32) from their decode tasks to the inference actors,
+    which `normalize` whole batches; the service normalises each image in its decode threads.
+    `preprocess` is exactly `normalize(crop(...))`.
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
