@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     service = what.add_parser(
         "service", help="graft's service vs a naive FastAPI baseline under closed-loop load",
         description="Measure the ceiling (raw ONNX Runtime), then graft's service and the baseline server "
-        "with real JPEGs (224, 640, 2000 px) at 1, 4, 16, 64 concurrent clients; check issue 5's targets.",
+        "with real JPEGs (224, 640, 2000 px) at 1, 4, 16, 64 concurrent clients; prints each serving-core "
+        "target as met or MISSED.",
     )
     service.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                          help="artifact directory served, used for the ceiling and by the baseline (default: %(default)s)")

@@ -21,6 +21,17 @@ def positive(kind: type = int):
     return parse
 
 
+def port(text: str) -> int:
+    """A parser for a TCP port number: 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """A parser for a whole number >= 0."""
     try:

@@ -15,7 +15,11 @@ STRATEGIES = ("feature-extract", "fine-tune", "scratch")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    backbones = subparsers.add_parser("backbones", help="list the registered backbones")
+    backbones = subparsers.add_parser(
+        "backbones", help="list the registered backbones",
+        description="The registry: timm and torchvision backbone names, their input size, and whether their "
+                    "pretrained weights are on this machine (an installed package or a local file).",
+    )
     backbones.set_defaults(handler=backbones_command)
 
     train = subparsers.add_parser(

@@ -136,10 +136,11 @@ class Batcher:
             finish = now + (len(batch) + 1) * self._per_item
             if finish > item.deadline:
                 late += 1
+                got = (f"an estimated {1000 * (finish - item.enqueued):.0f} ms; retry shortly" if item.deadline > now else
+                       "a budget spent before the image was ready (reading and decoding count); allow more time")
                 item.future.set_exception(Unavailable(
                     expected=f"capacity to answer within the request's latency budget on model {self.name!r}",
-                    got=f"an estimated {1000 * (finish - item.enqueued):.0f} ms; retry shortly",
-                    headers={"Retry-After": "1"},
+                    got=got, headers={"Retry-After": "1"},
                 ))
                 continue
             batch.append(item)

@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from graft.argtypes import port
+
 log = logging.getLogger(__name__)
 
 # flag -> environment variable read by service.config.ServeConfig
@@ -44,8 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--state-dir", metavar="DIR",
                         help="this server's BentoML home: its Prometheus multiprocess files and temp files "
                              "(default: a directory of its own per port under the system's temp directory)")
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=os.environ.get("PORT", "3000"))
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0, every interface)")
+    parser.add_argument("--port", type=port, default=os.environ.get("PORT", "3000"),
+                        help="TCP port (default: $PORT, else 3000)")
     for flag in _TUNING:
         parser.add_argument("--" + flag.replace("_", "-"), type=int, metavar="N", help=f"sets {_TUNING[flag]}")
     parser.set_defaults(handler=serve)
@@ -63,6 +66,7 @@ def _absolute(reference: str) -> str:
 
 def serve(args: argparse.Namespace) -> int:
     """Check the models resolve, then replace this process with `bentoml serve graft.service.app:Graft`."""
+    from graft.artifact.manifest import verify_model_hash
     from graft.service.config import ServeConfig
     from graft.service.models import load_models, pick_default
 
@@ -84,6 +88,8 @@ def serve(args: argparse.Namespace) -> int:
     config = ServeConfig()
     models = load_models(config.models)  # fail here, with one clear line, not in a worker
     default = pick_default(models, config.default_model)
+    for model in models.values():
+        verify_model_hash(model.directory, model.manifest)  # before saying it is served
     for name, model in models.items():
         log.info("served as %s: %s %s from %s%s", name, model.manifest.task, model.manifest.version, model.directory,
                  " (default)" if name == default else "")

@@ -88,3 +88,9 @@ class Unavailable(ServiceError):
     """Not ready, draining, or an item could not meet its deadline."""
 
     status = 503
+
+
+class NotConfigured(ServiceError):
+    """A feature this server's settings leave off (heads without GRAFT_HEADS_DIR): no client can fix it."""
+
+    status = 501

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from graft.artifact.heads import HEAD_FILE, NAME_PATTERN, Head, HeadError, HeadExists, read_head, write_head
 from graft.artifact.manifest import Manifest
-from graft.service.errors import BadRequest, Conflict, NotFound
+from graft.service.errors import BadRequest, Conflict, NotConfigured, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,8 @@ class HeadStore:
             The head's directory.
 
         Raises:
-            BadRequest: no heads directory configured, a bad or reserved name, or the head limit.
+            NotConfigured: no heads directory configured.
+            BadRequest: a bad or reserved name, or the head limit.
             NotFound: `backbone` is not served.
             Conflict: the name exists and `overwrite` is False, or it belongs to a `--head` head.
         """
@@ -270,12 +271,12 @@ class HeadStore:
         `put` checks again under its lock: another request may have taken the name meanwhile.
 
         Raises:
-            BadRequest, NotFound, Conflict: as `put`.
+            NotConfigured, BadRequest, NotFound, Conflict: as `put`.
         """
         if self.directory is None:
-            raise BadRequest("heads can't be saved: this server has no heads directory; set GRAFT_HEADS_DIR "
-                             "to a writable directory and restart the server",
-                             expected="GRAFT_HEADS_DIR set", got="GRAFT_HEADS_DIR unset")
+            raise NotConfigured("heads can't be saved: this server has no heads directory; set GRAFT_HEADS_DIR "
+                                "to a writable directory and restart the server",
+                                expected="GRAFT_HEADS_DIR set", got="GRAFT_HEADS_DIR unset")
         if not re.fullmatch(NAME_PATTERN, name):
             raise BadRequest(expected=f"a head name matching {NAME_PATTERN} (lowercase letters, digits, '-', '_', "
                              "'.'; starting with a letter or digit)", got=repr(name))

@@ -16,6 +16,7 @@ import httpx
 import psutil
 import pytest
 
+from graft.artifact.manifest import read_manifest, sha256_file
 from tests.e2e.conftest import REPO, decoded_images, png, serve, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -38,8 +39,21 @@ def test_a_changed_model_stops_the_server_at_start_with_one_line(lite0_classifie
     with open(broken / "model.onnx", "ab") as handle:
         handle.write(b"tampered")
     done = _serve_refused(broken)
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("graft: cannot serve: expected model.onnx sha256"), done.stderr[-2000:]
+    # Refused before anything says it is served.
+    assert done.stderr.strip().splitlines() == [
+        f"graft serve: error: expected model.onnx sha256 {read_manifest(broken).sha256['model']}, "
+        f"got {sha256_file(broken / 'model.onnx')}: file changed"
+    ], done.stderr[-2000:]
+    # `bentoml serve` of the service (a Bento, a container) refuses it in BentoML's main process.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_")}
+    direct = subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "graft.service.app:Graft", "--port", "0"],
+        cwd=REPO, env={**env, "GRAFT_MODELS": str(broken), "BENTOML_HOME": str(tmp_path / "home")},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert direct.returncode != 0
+    last = direct.stderr.strip().splitlines()[-1]
+    assert last.startswith("graft: cannot serve: expected model.onnx sha256"), direct.stderr[-2000:]
 
 
 def test_a_broken_manifest_stops_the_server_at_start_with_one_line(lite0_classifier, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from graft.artifact.heads import HeadError, Provenance, make_head, now, write_head
 from graft.artifact.manifest import read_manifest
-from graft.service.errors import BadRequest, Conflict, NotFound
+from graft.service.errors import BadRequest, Conflict, NotConfigured, NotFound
 from graft.service.heads import HeadStore
 
 LABELS = ("boot", "shirt", "trouser")
@@ -172,7 +172,7 @@ def test_served_model_names_are_reserved(tmp_path, backbones, classifier):
 
 def test_no_heads_directory_means_read_only(backbones, classifier):
     store = store_on(None, backbones)
-    with pytest.raises(BadRequest) as caught:
+    with pytest.raises(NotConfigured) as caught:  # 501: a server setting, not the client's mistake
         store.put(random_head("shoes", backbones[classifier]), classifier, overwrite=False)
     assert "set GRAFT_HEADS_DIR" in caught.value.message
 
