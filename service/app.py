@@ -35,6 +35,7 @@ from graft.service.errors import BadRequest, NotFound, Unavailable
 from graft.service import logs
 from graft.service.heads import HeadStore
 from graft.service.models import load_models, pick_default, split_reference
+from graft.service.openai_api import OpenAIErrors
 from graft.service.middleware import RequestGuard
 from graft.service.routes import build_app, guarded_paths
 
@@ -58,15 +59,18 @@ def preflight(config: ServeConfig) -> None:
     a check here stops the whole server; a worker whose start fails would only be restarted by
     BentoML's process manager, forever, while `/readyz` stays unreachable.
     """
-    import onnxruntime as ort
+    from graft.artifact.runtime import open_session
 
     try:
         models = load_models(config.models)
         pick_default(models, config.default_model)
         for model in models.values():
             verify_model_hash(model.directory, model.manifest)
-            ort.InferenceSession(str(model.directory / MODEL_FILE), providers=["CPUExecutionProvider"])
+            open_session(model.directory / MODEL_FILE)
         load_heads(config, {name: model.manifest for name, model in models.items()})
+        if config.admin_token and config.heads_dir is None:
+            log.warning("GRAFT_ADMIN_TOKEN is set but GRAFT_HEADS_DIR is not: POST /heads answers 501 until a "
+                        "heads directory is configured")
     except GraftError as error:
         raise SystemExit(f"graft: cannot serve: {error}") from None
     except Exception as error:  # ONNX Runtime refusing the graph: its message, on one line
@@ -182,33 +186,49 @@ class Graft:
         return target
 
     async def run_images(
-        self, engine: Engine, images: list[bytes], *, timeout_ms: int | None = None, max_images: int | None = None,
+        self, engine: Engine, images: list[bytes], *, arrived: float | None = None, timeout_ms: int | None = None,
+        max_images: int | None = None, field: str = "images", budget_per_chunk: bool = False,
     ) -> list[dict]:
         """Decode and preprocess `images` in the thread pool, then run them through `engine`'s batcher.
 
         More images than one batch (a head fit) go in batch-sized chunks, the next decoding while this
         one runs, so they neither fill the queue nor hold every decoded image in memory at once.
 
+        Args:
+            arrived: when the request arrived (`time.monotonic()`; default: now). Its latency budget
+                (`timeout_ms`, capped by GRAFT_MAX_LATENCY_MS) counts from then, once for the whole
+                request: reading, decoding and queueing all count, and an image that can no longer
+                make it is answered 503 without running.
+            budget_per_chunk: each chunk gets a budget of its own instead (a head fit: admin work of
+                up to GRAFT_MAX_FIT_IMAGES images, not a latency-bound request).
+
         Raises:
-            BadRequest: too many images, or one that does not decode (named by its position).
+            BadRequest: too many images, or one that does not decode (named `field[position]`).
             TooManyRequests, Unavailable: the batcher refused them (queue full, deadline).
         """
         self._admit(len(images), max_images or self.config.max_images)
         limit = self._budget_ms(timeout_ms)
+        deadline = (time.monotonic() if arrived is None else arrived) + limit / 1000
         chunk = self.config.max_batch_size
-        results: list[dict] = []
-        pending = asyncio.ensure_future(self._prepare(engine, images[:chunk], 0))
+        results: list[dict | None] = [None] * len(images)
+        misses = list(range(len(images)))
+        computed: list[dict] = []
+        pending = asyncio.ensure_future(self._prepare(engine, images, misses[:chunk], field))
         try:
-            for start in range(0, len(images), chunk):
+            for start in range(0, len(misses), chunk):
                 arrays = await pending
-                if start + chunk < len(images):
-                    pending = asyncio.ensure_future(self._prepare(engine, images[start + chunk:start + 2 * chunk], start + chunk))
-                results += await engine.infer(arrays, deadline=deadline_after(limit))
+                if start + chunk < len(misses):
+                    pending = asyncio.ensure_future(
+                        self._prepare(engine, images, misses[start + chunk:start + 2 * chunk], field))
+                computed += await engine.infer(arrays, deadline=deadline_after(limit) if budget_per_chunk else deadline)
         finally:
             pending.cancel()
+        for position, result in zip(misses, computed):
+            results[position] = result
         return results
 
-    async def _prepare(self, engine: Engine, images: list[bytes], offset: int) -> list[np.ndarray]:
+    async def _prepare(self, engine: Engine, images: list[bytes], positions: list[int], field: str) -> list[np.ndarray]:
+        """The model inputs of `images` at `positions`, decoded in the thread pool."""
         loop = asyncio.get_running_loop()
 
         async def load(index: int, data: bytes) -> np.ndarray:
@@ -217,15 +237,16 @@ class Graft:
                     prepare, data, engine.manifest, engine.name, max_pixels=self.config.max_pixels,
                 ))
             except ImageDecodeError as error:
-                raise BadRequest(f"images[{index}]: {error}", expected=error.expected,
-                                 got=f"images[{index}]: {error.got}") from None
+                raise BadRequest(f"{field}[{index}]: {error}", expected=error.expected,
+                                 got=f"{field}[{index}]: {error.got}") from None
 
-        return list(await asyncio.gather(*(load(offset + i, data) for i, data in enumerate(images))))
+        return list(await asyncio.gather(*(load(position, images[position]) for position in positions)))
 
-    async def run_tensor(self, engine: Engine, batch: np.ndarray, *, timeout_ms: int | None = None) -> list[dict]:
-        """Run already-preprocessed float32 [N, 3, H, W] inputs through `engine`'s batcher."""
+    async def run_tensor(self, engine: Engine, batch: np.ndarray, *, arrived: float) -> list[dict]:
+        """Run already-preprocessed float32 [N, 3, H, W] inputs through `engine`'s batcher, within
+        GRAFT_MAX_LATENCY_MS of the request's arrival."""
         self._admit(len(batch), self.config.max_images)
-        return await engine.infer(list(batch), deadline=deadline_after(self._budget_ms(timeout_ms)))
+        return await engine.infer(list(batch), deadline=arrived + self.config.max_latency_ms / 1000)
 
     def _admit(self, count: int, max_images: int) -> None:
         """Refuse work while not ready (503) and requests with too many images (400)."""
@@ -254,6 +275,7 @@ Graft = bentoml.service(
     tracing={} if CONFIG.tracing else {"excluded_urls": [".*"]},
 )(Graft)
 Graft.mount_asgi_app(build_app(), path="/")
+Graft.add_asgi_middleware(OpenAIErrors)  # before the guard, so that it wraps the guard's refusals
 Graft.add_asgi_middleware(
     RequestGuard, guarded=guarded_paths(), max_request_bytes=CONFIG.max_request_bytes,
     max_concurrency=CONFIG.max_concurrency,

@@ -42,6 +42,17 @@ def text(value: str) -> str:
     return value.strip()
 
 
+def choice(*values: str) -> Callable[[str], str]:
+    """A parser for a form value that must be one of `values` (any case)."""
+    def parse(value: str) -> str:
+        chosen = value.strip().lower()
+        if chosen not in values:
+            raise ValueError(f"expected one of {', '.join(values)}, got {value!r}")
+        return chosen
+
+    return parse
+
+
 @dataclass(frozen=True)
 class Field:
     """One option field: how to parse it, its default, and what `/docs` says about it."""

@@ -9,6 +9,7 @@ running service with `bentoml.get_current_service()`.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 from starlette.applications import Starlette
@@ -17,12 +18,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 
-from graft.artifact.postprocess import l2_normalize, top_k
-from graft.service import head_routes, schemas, v2
+from graft.artifact.postprocess import top_k
+from graft.service import embeddings, head_routes, openai_api, schemas, v2
 from graft.service.endpoint import ClientGone, Endpoint, Handler, service, watched
 from graft.service.engine import Target
 from graft.service.errors import BadRequest, MethodNotAllowed, NotFound, ServiceError
-from graft.service.forms import Field, boolean, positive_int, read_form, text
+from graft.service.forms import Field, boolean, choice, positive_int, read_form, text
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ EMBED_FIELDS = {
     "model": MODEL,
     "normalize": Field(boolean, True, "true or false: L2-normalise each embedding"),
     "timeout_ms": TIMEOUT,
+    "encoding": Field(choice(*embeddings.ENCODINGS), "json", "json (numbers), base64 (JSON, each embedding a "
+                      "base64 string of little-endian floats), binary (application/octet-stream: the [N, D] array's "
+                      "bytes) or npy (a NumPy .npy file); binary and npy describe the array in Graft-Shape, "
+                      "Graft-Dtype, Graft-Model and Graft-Normalized headers"),
+    "dtype": Field(choice(*embeddings.DTYPES), "float32", "float32 or float16 (half the bytes; not with json)"),
 }
 
 
@@ -56,6 +62,7 @@ def _top_k(target: Target, results: list[dict], k: int) -> dict:
 
 
 async def classify(request: Request) -> Response:
+    arrived = time.monotonic()
     graft = service()
     form = await read_form(request, CLASSIFY_FIELDS, max_images=graft.config.max_images)
     names = [name.strip() for name in form.options["model"].split(",")]
@@ -65,7 +72,8 @@ async def classify(request: Request) -> Response:
         raise BadRequest(expected="models (heads) on one backbone when several are named",
                          got=", ".join(f"{t.name} on {t.engine.name}" for t in targets))
     results = await watched(
-        request, graft.run_images(engine, form.images, timeout_ms=form.options["timeout_ms"]), targets[0].name,
+        request, graft.run_images(engine, form.images, arrived=arrived, timeout_ms=form.options["timeout_ms"]),
+        targets[0].name,
     )
     if len(targets) == 1:
         return JSONResponse(_top_k(targets[0], results, form.options["top_k"]))
@@ -74,19 +82,16 @@ async def classify(request: Request) -> Response:
 
 
 async def embed(request: Request) -> Response:
+    arrived = time.monotonic()
     graft = service()
     form = await read_form(request, EMBED_FIELDS, max_images=graft.config.max_images)
-    target = graft.target(form.options["model"])
-    results = await watched(
-        request, graft.run_images(target.engine, form.images, timeout_ms=form.options["timeout_ms"]), target.name,
-    )
-    vectors = target.outputs(results, ("embedding",))["embedding"]
-    if form.options["normalize"]:
-        vectors = l2_normalize(vectors)
-    return JSONResponse({
-        "model": target.name, "dim": int(vectors.shape[1]), "normalized": form.options["normalize"],
-        "embeddings": vectors.tolist(),
-    })
+    options = form.options
+    embeddings.check_encoding(options["encoding"], options["dtype"])
+    target = graft.target(options["model"])
+    vectors = await embeddings.embed_images(request, target, form.images, normalize=options["normalize"],
+                                            arrived=arrived, timeout_ms=options["timeout_ms"])
+    return embeddings.embeddings_response(target.name, vectors, normalized=options["normalize"],
+                                          encoding=options["encoding"], dtype=options["dtype"])
 
 
 async def list_models(request: Request) -> Response:
@@ -115,7 +120,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "Top-k labels for each image (softmax probabilities, best first), one list per image in order.",
              form=CLASSIFY_FIELDS, response=schemas.ClassifyResponse, errors=(400, 401, 404, 413, 429, 503),
              access="api", guarded=True),
-    Endpoint("POST", "/embed", embed, "One embedding per image, in order; L2-normalised unless normalize=false.",
+    Endpoint("POST", "/embed", embed,
+             "One embedding per image, in order; L2-normalised unless normalize=false; as JSON numbers, base64, "
+             "raw bytes or .npy (encoding), float32 or float16 (dtype).",
              form=EMBED_FIELDS, response=schemas.EmbedResponse, errors=(400, 401, 404, 413, 429, 503),
              access="api", guarded=True),
     Endpoint("GET", "/models", list_models,
@@ -127,6 +134,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/docs.json", openapi, "The same as /openapi.json (the path BentoML used)."),
     *head_routes.ENDPOINTS,
     *v2.ENDPOINTS,
+    *openai_api.ENDPOINTS,
 )
 
 BENTOML_ROUTES = {

@@ -6,6 +6,8 @@ path); `tests/unit/service` validates real responses against these models.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -26,7 +28,11 @@ class EmbedResponse(BaseModel):
     model: str
     dim: int
     normalized: bool
-    embeddings: list[list[float]] = Field(description="one vector per image, in the order sent")
+    encoding: Literal["base64"] | None = Field(None, description="present with encoding=base64 only")
+    dtype: Literal["float32", "float16"] | None = Field(None, description="present with encoding=base64 only")
+    embeddings: list[list[float]] | list[str] = Field(
+        description="one vector per image, in the order sent; with encoding=base64, a base64 string of its "
+                    "little-endian dtype bytes")
 
 
 class ModelSummary(BaseModel):

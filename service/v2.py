@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections import defaultdict
 
 from prometheus_client import CollectorRegistry
@@ -132,6 +133,7 @@ async def repository_index(request: Request) -> Response:
 
 
 async def infer(request: Request) -> Response:
+    arrived = time.monotonic()
     graft = service()
     target, signature = _model(request)
     body = await request.body()
@@ -139,9 +141,9 @@ async def infer(request: Request) -> Response:
     requested = oip.requested_outputs(parsed, signature)  # before running: a typo costs no inference
     kind, data = oip.model_input(parsed, signature)
     if kind == "images":
-        work = graft.run_images(target.engine, data)
+        work = graft.run_images(target.engine, data, arrived=arrived)
     else:
-        work = graft.run_tensor(target.engine, data)
+        work = graft.run_tensor(target.engine, data, arrived=arrived)
     results = await watched(request, work, target.name)
     content, headers = oip.encode_infer_response(signature, parsed.id, target.outputs(results), requested)
     return Response(content, headers=headers)

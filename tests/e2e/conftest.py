@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -16,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -121,14 +123,20 @@ def serve(models: list[Path], log: Path, **env: str) -> Server:
     return Server(argv, {**base, **LIMITS, **env}, log)
 
 
+@contextlib.contextmanager
+def started(server: Server) -> Iterator[Server]:
+    """`server` started, and stopped afterwards (also when its start fails)."""
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def server(lite0_classifier, lite0_embedder, tmp_path_factory):
-    running = serve([lite0_classifier, lite0_embedder], tmp_path_factory.mktemp("server") / "server.log")
-    try:
-        running.start()
+    with started(serve([lite0_classifier, lite0_embedder], tmp_path_factory.mktemp("server") / "server.log")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +146,5 @@ def heads_server(lite0_classifier, lite0_embedder, tmp_path_factory):
     running = serve([lite0_classifier, lite0_embedder], folder / "server.log",
                     GRAFT_ADMIN_TOKEN=token, GRAFT_HEADS_DIR=str(folder / "heads"))
     running.token, running.heads_dir = token, folder / "heads"
-    try:
-        running.start()
+    with started(running):
         yield running
-    finally:
-        running.stop()
