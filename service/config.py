@@ -117,6 +117,8 @@ class ServeConfig:
         access_log: BentoML's log line per request (`GRAFT_ACCESS_LOG=1`); off by default.
         tracing: OpenTelemetry spans for graft's routes (`GRAFT_TRACING=1`, with BentoML's tracing
             exporter configured); off by default.
+        cache_mb: megabytes of each worker's exact-content cache of per-image results
+            (`graft.service.cache`); 0, the default, turns it off.
     """
 
     models: tuple[str, ...] = field(default_factory=lambda: _env_list("MODELS", _built_models()))
@@ -154,6 +156,7 @@ class ServeConfig:
         "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")))
     access_log: bool = field(default_factory=lambda: _env_int("ACCESS_LOG", 0, minimum=0) > 0)
     tracing: bool = field(default_factory=lambda: _env_int("TRACING", 0, minimum=0) > 0)
+    cache_mb: int = field(default_factory=lambda: _env_int("CACHE_MB", 0, minimum=0))
 
     def session_threads(self) -> int:
         """ONNX Runtime intra-op threads per session: as set, or the cores shared among workers."""

@@ -1,5 +1,5 @@
-"""Prometheus metrics beyond BentoML's defaults: per-stage times, batch sizes, queue depth and
-refusals, by model.
+"""Prometheus metrics beyond BentoML's defaults: per-stage times, batch sizes, queue depth,
+refusals and cache lookups, by model.
 
 Created on first use, not at import: BentoML sets `PROMETHEUS_MULTIPROC_DIR` in each worker after
 the service module is imported, and prometheus_client picks its multi-process storage when a metric
@@ -23,6 +23,7 @@ class Metrics:
     batch_size: object  # Histogram, labels: model
     queue_depth: object  # Gauge, labels: model
     shed: object  # Counter, labels: reason, model
+    cache_lookups: object  # Counter, labels: result (hit, miss), model
 
     def observe_stage(self, stage: str, model: str, seconds: float) -> None:
         self.stage_seconds.labels(stage=stage, model=model).observe(seconds)
@@ -78,5 +79,10 @@ def metrics() -> Metrics:
             "graft_shed_images", "Images refused without running: queue_full (429), deadline (503), "
             "client_gone (the client disconnected)",
             labelnames=("reason", "model"),
+        ),
+        cache_lookups=Counter(
+            "graft_cache_lookups", "Images looked up in the exact-content cache (GRAFT_CACHE_MB): hit (no "
+            "decoding, no model) or miss",
+            labelnames=("result", "model"),
         ),
     )
