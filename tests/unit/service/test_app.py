@@ -186,3 +186,20 @@ def test_one_bad_image_names_its_position(client, chelsea_jpeg):
     assert_error(client.post("/embed", files=files(chelsea_jpeg, b"junk")), 400, "images[1]")
 
 
+
+
+def test_the_latency_budget_counts_decoding(client, chelsea_jpeg, service_app, monkeypatch):
+    """`timeout_ms` counts from the request's arrival: an image whose decoding outlasts it is
+    answered 503 without running (the budget used to start after decoding)."""
+    import time
+
+    decode = service_app.prepare
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(0.3)  # decoding that takes longer than the request's whole budget
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(service_app, "prepare", slow_decode)
+    late = client.post("/classify", files=files(chelsea_jpeg), data={"timeout_ms": "200"})
+    assert_error(late, 503, "latency budget")
+    assert client.post("/classify", files=files(chelsea_jpeg), data={"timeout_ms": "5000"}).status_code == 200
