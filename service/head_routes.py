@@ -45,8 +45,8 @@ async def create_head(request: Request) -> Response:
         raise BadRequest(expected="a served model as the backbone", got=f"head {target.name!r}")
     engine = target.engine
     graft.heads.check_put(name, engine.name, overwrite=overwrite)  # the store reserves served models' names
-    results = await watched(request, graft.run_images(engine, form.images, max_images=config.max_fit_images, budget_per_chunk=True),
-                            engine.name)
+    work = graft.run_images(engine, form.images, max_images=config.max_fit_images, budget_per_chunk=True)
+    results = await watched(request, work, engine.name)
     embeddings = target.outputs(results, ("embedding",))["embedding"]
     loop = asyncio.get_running_loop()
     fit = await loop.run_in_executor(None, fit_head, embeddings, labels)
