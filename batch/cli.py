@@ -1,6 +1,7 @@
 """`graft batch embed|classify`: run an artifact over a whole image collection on Ray Data.
 
-Only argparse at module level; Ray, ONNX Runtime and pyarrow are imported inside the handler.
+Only argparse and graft's settings at module level; Ray, ONNX Runtime and pyarrow are imported inside
+the handler.
 """
 
 from __future__ import annotations
@@ -10,8 +11,16 @@ import logging
 from pathlib import Path
 
 from graft.argtypes import non_negative_int, positive
+from graft.artifact.settings import RuntimeSettings, env_name
 
 logger = logging.getLogger(__name__)
+
+_RUNTIME_FLAGS = ("batch_size", "intra_op_threads")
+
+
+def _shared(setting: str) -> str:
+    """Where an unset flag's value comes from: the runtime setting the service reads too."""
+    return f"${env_name(setting)}, else {RuntimeSettings.model_fields[setting].default}"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -24,15 +33,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output of graft batch")
     parser.add_argument("--column", help="Parquet input: the image-bytes or path column (default: detected)")
     parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray for this job)")
-    parser.add_argument("--batch-size", type=positive(int), default=32, help="images per ONNX Runtime call (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive(int),
+                        help=f"images per ONNX Runtime call (default: {_shared('max_batch_size')})")
     parser.add_argument("--actors", type=positive(int),
                         help="inference actors, one session each (default: one per GPU, 1 without GPUs)")
     parser.add_argument("--decode-tasks", type=positive(int),
                         help="most decode tasks at once (default: as many as free CPUs allow)")
     parser.add_argument("--decode-batch-size", type=positive(int), default=16,
                         help="images per decode task call (default: %(default)s)")
-    parser.add_argument("--intra-op-threads", type=non_negative_int, default=0,
-                        help="ONNX Runtime threads per actor; 0: one per physical core (default)")
+    parser.add_argument("--intra-op-threads", type=non_negative_int,
+                        help="ONNX Runtime threads per actor; 0: one per physical core "
+                        f"(default: {_shared('intra_op_threads')})")
     parser.add_argument("--actor-cpus", type=positive(float), default=1.0,
                         help="CPUs Ray reserves per inference actor (default: %(default)s)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -63,12 +74,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from graft.batch.job import JobConfig, run_job
 
+    # Unset runtime flags are left to JobConfig's defaults, the settings the service reads too.
+    runtime = {name: getattr(args, name) for name in _RUNTIME_FLAGS if getattr(args, name) is not None}
     config = JobConfig(
         task=args.task, model=args.model, input=args.input, output=args.output, head=getattr(args, "head", None),
         column=args.column, top_k=getattr(args, "top_k", 5), normalize=getattr(args, "normalize", True),
-        batch_size=args.batch_size, decode_batch_size=args.decode_batch_size, actors=args.actors,
-        decode_tasks=args.decode_tasks, intra_op_threads=args.intra_op_threads, actor_cpus=args.actor_cpus,
-        ray_address=args.ray_address, overwrite=args.overwrite, progress=args.progress,
+        decode_batch_size=args.decode_batch_size, actors=args.actors, decode_tasks=args.decode_tasks,
+        actor_cpus=args.actor_cpus, ray_address=args.ray_address, overwrite=args.overwrite, progress=args.progress,
+        **runtime,
     )
     summary = run_job(config)
     print(f"graft batch {args.task}: {summary.line()}")

@@ -26,7 +26,7 @@ from graft.artifact.image import DEFAULT_MAX_PIXELS
 from graft.artifact.manifest import Manifest, read_manifest
 from graft.artifact.outputs import atomic_directory, check_output_dir
 from graft.artifact.postprocess import served_identity
-from graft.artifact.runtime import DEFAULT_PROVIDERS, default_trt_cache_dir
+from graft.artifact.settings import RuntimeSettings
 from graft.batch.sources import BatchInputError, FileSource, ParquetSource, resolve_model, resolve_source
 from graft.batch.stages import CLASSIFY, EMBED, PATH, Infer, artifact_files, decode
 
@@ -36,6 +36,11 @@ SUMMARY_FILE = "_graft.json"
 """Job summary inside OUT; the leading underscore makes Parquet readers skip it, and it marks OUT as
 graft's own output (what `--overwrite` may replace)."""
 PATHS_PER_BLOCK = 128
+
+
+def _runtime(name: str):
+    """A field defaulting to the shared runtime setting `name`: `GRAFT_<NAME>`, else its default."""
+    return field(default_factory=lambda: getattr(RuntimeSettings(), name))
 
 
 @dataclass(frozen=True)
@@ -51,17 +56,23 @@ class JobConfig:
         column: the Parquet image-bytes or path column (auto-detected when None).
         top_k: predictions per image (classify).
         normalize: L2-normalise embeddings (embed).
-        batch_size: images per ONNX Runtime call.
+        batch_size: images per ONNX Runtime call (default: GRAFT_MAX_BATCH_SIZE, else 32).
         decode_batch_size: images per decode task call.
         actors: inference actors (one session each); None: one per GPU, or 1 without GPUs.
         decode_tasks: most decode tasks at once; None lets Ray Data decide from free CPUs.
-        intra_op_threads: ORT intra-op threads per actor; 0: one per physical core.
+        intra_op_threads: ORT intra-op threads per actor; 0: one per physical core (default:
+            GRAFT_INTRA_OP_THREADS, else 0).
         actor_cpus: CPUs Ray reserves per inference actor.
         actor_memory: bytes of memory Ray reserves per inference actor (session and batch buffers).
         ray_address: Ray cluster to join; None: `RAY_ADDRESS`, else a local Ray for this job.
         max_pixels: images with more pixels are error rows (decompression bombs).
         overwrite: replace an existing output directory written by graft batch.
         progress: show Ray Data's progress bars.
+        providers: ONNX Runtime providers to try, in order (default: GRAFT_PROVIDERS, else the service's).
+        trt_cache_dir: TensorRT engine cache on each node (default: GRAFT_TRT_CACHE_DIR, else the service's).
+
+    The runtime defaults are the service's (`graft.artifact.settings.RuntimeSettings`), so one
+    variable tunes both; a bad value raises `ConfigError`.
     """
 
     task: str
@@ -72,18 +83,19 @@ class JobConfig:
     column: str | None = None
     top_k: int = 5
     normalize: bool = True
-    batch_size: int = 32
+    batch_size: int = _runtime("max_batch_size")
     decode_batch_size: int = 16
     actors: int | None = None
     decode_tasks: int | None = None
-    intra_op_threads: int = 0
+    intra_op_threads: int = _runtime("intra_op_threads")
     actor_cpus: float = 1.0
     actor_memory: int = 1 << 30
     ray_address: str | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     overwrite: bool = False
     progress: bool = True
-    trt_cache_dir: Path = field(default_factory=default_trt_cache_dir)
+    providers: tuple[str, ...] = _runtime("providers")
+    trt_cache_dir: Path = _runtime("trt_cache_dir")
 
 
 @dataclass(frozen=True)
@@ -219,7 +231,7 @@ def build_pipeline(config: JobConfig, directory: Path, manifest: Manifest, sourc
         # pinning it as a restartable constructor argument): nodes need no shared artifact path.
         fn_constructor_args=([ray.put(artifact_files(directory))],),
         fn_constructor_kwargs={
-            "task": config.task, "batch_size": config.batch_size, "providers": DEFAULT_PROVIDERS,
+            "task": config.task, "batch_size": config.batch_size, "providers": config.providers,
             "intra_op_threads": config.intra_op_threads, "trt_cache_dir": str(config.trt_cache_dir),
             "top_k": config.top_k, "normalize_embeddings": config.normalize,
             "head_files": None if config.head is None else [ray.put(_head_files(config.head))],

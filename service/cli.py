@@ -1,4 +1,4 @@
-"""`graft serve`: run the BentoML services on chosen artifacts (stdlib imports only at module level)."""
+"""`graft serve`: run the BentoML services on chosen artifacts (heavy imports inside the handler)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,54 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Annotated, Literal, get_args, get_origin
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from graft.argtypes import port
+from graft.artifact.settings import env_name, expected
+from graft.service.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
-# flag -> environment variable read by service.config.ServeConfig
-_TUNING = {
-    "workers": "GRAFT_WORKERS",
-    "max_batch_size": "GRAFT_MAX_BATCH_SIZE",
-    "max_queue": "GRAFT_MAX_QUEUE",
-    "max_latency_ms": "GRAFT_MAX_LATENCY_MS",
-    "max_images": "GRAFT_MAX_IMAGES",
-    "max_request_bytes": "GRAFT_MAX_REQUEST_BYTES",
-    "intra_op_threads": "GRAFT_INTRA_OP_THREADS",
-}
+
+def _tuning() -> dict[str, FieldInfo]:
+    """The settings with a derived flag: every number, switch and choice (`--max-queue` sets
+    GRAFT_MAX_QUEUE). Lists and paths have flags of their own (--model, --head, --heads-dir) or stay
+    in the environment; secrets always do (a command line is visible to every user of the machine)."""
+    return {name: field for name, field in ServeConfig.model_fields.items()
+            if field.annotation in (int, bool) or get_origin(field.annotation) is Literal}
+
+
+def _parser(field: FieldInfo):
+    """An argparse type validating a flag as its setting would, refused in graft's words."""
+    adapter = TypeAdapter(Annotated[field.annotation, field])
+
+    def parse(text: str):
+        try:
+            return adapter.validate_python(text)
+        except ValidationError:
+            raise argparse.ArgumentTypeError(f"expected {expected(field)}, got {text!r}") from None
+
+    return parse
+
+
+def _add_tuning(parser: argparse.ArgumentParser) -> None:
+    for name, field in _tuning().items():
+        default = "" if field.default_factory else f", default {_shown(field.default)}"
+        help_text = f"{field.description} (sets {env_name(name)}{default})"
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            choices = get_args(field.annotation)
+            metavar = "{" + ",".join(choices) + "}" if choices else "N"
+            parser.add_argument(flag, type=_parser(field), metavar=metavar, help=help_text)
+
+
+def _shown(value) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,8 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0, every interface)")
     parser.add_argument("--port", type=port, default=os.environ.get("PORT", "3000"),
                         help="TCP port (default: $PORT, else 3000)")
-    for flag in _TUNING:
-        parser.add_argument("--" + flag.replace("_", "-"), type=int, metavar="N", help=f"sets {_TUNING[flag]}")
+    _add_tuning(parser.add_argument_group("tuning", "each flag sets its GRAFT_* variable (README, Deploy)"))
     parser.set_defaults(handler=serve)
 
 
@@ -67,7 +99,6 @@ def _absolute(reference: str) -> str:
 def serve(args: argparse.Namespace) -> int:
     """Check the models resolve, then replace this process with `bentoml serve graft.service.app:Graft`."""
     from graft.artifact.manifest import verify_model_hash
-    from graft.service.config import ServeConfig
     from graft.service.models import load_models, pick_default
 
     env = dict(os.environ)
@@ -81,9 +112,10 @@ def serve(args: argparse.Namespace) -> int:
         env["GRAFT_HEADS_DIR"] = str(Path(args.heads_dir).resolve())
     if args.verbose:
         env["GRAFT_LOG_LEVEL"] = "DEBUG"
-    for flag, variable in _TUNING.items():
-        if getattr(args, flag) is not None:
-            env[variable] = str(getattr(args, flag))
+    for name in _tuning():
+        value = getattr(args, name)
+        if value is not None:
+            env[env_name(name)] = str(int(value) if isinstance(value, bool) else value)
     os.environ.update(env)
     config = ServeConfig()
     models = load_models(config.models)  # fail here, with one clear line, not in a worker

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from graft.service.config import ConfigError, ServeConfig
@@ -52,3 +54,74 @@ def test_bad_secrets_and_log_settings_name_the_variable(monkeypatch, env, messag
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=message):
         ServeConfig()
+
+
+def test_unset_and_empty_variables_give_the_documented_defaults(monkeypatch):
+    for name in ("GRAFT_MODELS", "GRAFT_HEADS_DIR", "GRAFT_MAX_QUEUE", "GRAFT_TRT_CACHE_DIR", "GRAFT_API_KEYS"):
+        monkeypatch.setenv(name, "")
+    config = ServeConfig()
+    assert config.models == ("tf_efficientnet_lite0",) and config.heads_dir is None and config.max_queue == 128
+    assert config.trt_cache_dir == Path.home() / ".cache" / "graft" / "tensorrt" and config.api_keys == ()
+    assert config.providers == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert (config.workers, config.max_latency_ms, config.max_request_bytes, config.cache_mb) == (1, 10_000, 64 << 20, 0)
+    assert (config.log_format, config.log_level, config.access_log, config.tracing) == ("plain", "INFO", False, False)
+
+
+def test_values_are_typed(monkeypatch, tmp_path):
+    monkeypatch.setenv("GRAFT_HEADS_DIR", str(tmp_path))
+    monkeypatch.setenv("GRAFT_PROVIDERS", "CPUExecutionProvider")
+    monkeypatch.setenv("GRAFT_TRACING", "1")
+    monkeypatch.setenv("GRAFT_INTRA_OP_THREADS", "3")
+    config = ServeConfig()
+    assert config.heads_dir == tmp_path and config.providers == ("CPUExecutionProvider",)
+    assert config.tracing is True and config.session_threads() == 3
+
+
+def test_arguments_win_over_the_environment(monkeypatch):
+    monkeypatch.setenv("GRAFT_MAX_BATCH_SIZE", "4")
+    assert ServeConfig(max_batch_size=2).batch_buckets() == (1, 2)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("GRAFT_HEADS_POLL_MS", "10", "expected GRAFT_HEADS_POLL_MS to be an integer >= 50, got '10'"),
+    ("GRAFT_CACHE_MB", "-1", "expected GRAFT_CACHE_MB to be an integer >= 0, got '-1'"),
+    ("GRAFT_TRACING", "2", "expected GRAFT_TRACING to be 0 or 1, got '2'"),
+    ("GRAFT_LOG_LEVEL", "verbose", "expected GRAFT_LOG_LEVEL to be one of DEBUG, INFO, WARNING, ERROR, got 'verbose'"),
+])
+def test_each_constraint_is_refused_in_words(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        ServeConfig()
+    assert str(refused.value) == message
+
+
+def test_several_bad_values_are_one_line(monkeypatch):
+    monkeypatch.setenv("GRAFT_WORKERS", "0")
+    monkeypatch.setenv("GRAFT_LOG_FORMAT", "xml")
+    with pytest.raises(ConfigError) as refused:
+        ServeConfig()
+    assert str(refused.value) == (
+        "expected GRAFT_WORKERS to be an integer >= 1, got '0'; "
+        "expected GRAFT_LOG_FORMAT to be one of plain, json, got 'xml'"
+    )
+
+
+def test_secrets_stay_out_of_repr(monkeypatch):
+    monkeypatch.setenv("GRAFT_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("GRAFT_API_KEYS", "k3y-a,k3y-b")
+    text = repr(ServeConfig()) + str(ServeConfig())
+    assert "t0ken" not in text and "k3y" not in text
+
+
+def test_both_api_key_sources_are_refused(monkeypatch, tmp_path):
+    (tmp_path / "keys").write_text("a\n")
+    monkeypatch.setenv("GRAFT_API_KEYS", "b")
+    monkeypatch.setenv("GRAFT_API_KEYS_FILE", str(tmp_path / "keys"))
+    with pytest.raises(ConfigError, match="^expected one of GRAFT_API_KEYS and GRAFT_API_KEYS_FILE, got both$"):
+        ServeConfig()
+
+
+def test_the_readme_documents_every_variable():
+    table = (Path(__file__).parents[3] / "README.md").read_text().split("**Configuration**")[1].split("\n## ")[0]
+    missing = [name for name in ServeConfig.model_fields if f"`GRAFT_{name.upper()}`" not in table]
+    assert not missing
