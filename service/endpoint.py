@@ -27,7 +27,9 @@ class Endpoint:
     handler: Handler
     summary: str
     form: dict[str, Field] | None = None  # multipart fields; `images` file parts are implied
+    request: type[BaseModel] | None = None  # a JSON body (documented; the handler validates it)
     response: type[BaseModel] | None = None
+    status: int = 200  # what success answers
     errors: tuple[int, ...] = ()
     access: Literal["public", "api", "admin"] = "public"  # api: an API key when GRAFT_API_KEYS is set
     guarded: bool = False  # under the in-flight limit and the body-size limit

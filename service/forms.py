@@ -29,12 +29,10 @@ def positive_int(value: str) -> int:
 
 
 def boolean(value: str) -> bool:
-    """A form value as a boolean: true/false, 1/0, yes/no (any case)."""
+    """A form value as a boolean: true or false (any case), exactly what the docs promise."""
     text = value.strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
+    if text in ("true", "false"):
+        return text == "true"
     raise ValueError(f"expected true or false, got {value!r}")
 
 
@@ -66,7 +64,8 @@ class Field:
 @dataclass(frozen=True)
 class Form:
     images: list[bytes]
-    options: dict[str, Any]
+    options: dict[str, Any]  # every field: as sent, or its default
+    sent: frozenset[str] = frozenset()  # the fields the client sent
 
 
 async def read_form(
@@ -85,6 +84,8 @@ async def read_form(
         form = await request.form(max_files=max_images, max_fields=len(fields) + max_images + 8,
                                   max_part_size=MAX_FIELD_BYTES)
     except HTTPException as error:  # Starlette's limits and malformed bodies
+        if str(error.detail).startswith("Too many files"):  # Starlette stops counting at the limit
+            raise BadRequest(expected=f"at most {max_images} images per request", got=f"more than {max_images}") from None
         raise BadRequest(expected=f"{FORM}, at most {max_images} images", got=error.detail) from None
     try:
         images: list[bytes] = []
@@ -119,6 +120,7 @@ async def read_form(
         await form.close()
     if len(images) < min_images:
         raise BadRequest(expected=FORM, got="no file parts named 'images'")
+    sent = frozenset(options)
     for key, field in fields.items():
         options.setdefault(key, [] if field.repeated else field.default)
-    return Form(images, options)
+    return Form(images, options, sent)

@@ -86,12 +86,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/heads", create_head,
              "Fit a head (softmax regression on the backbone's embedding) from labelled images and serve it at "
              "once as a model for /classify; needs the admin token.",
-             form=FIT_FIELDS, response=schemas.HeadFitResponse, errors=(400, 401, 403, 404, 409, 413, 429, 503),
+             form=FIT_FIELDS, response=schemas.HeadFitResponse, status=201,
+             errors=(400, 401, 403, 404, 409, 413, 429, 501, 503),
              access="admin", guarded=True),
     Endpoint("GET", "/heads", list_heads, "The served heads with their backbone, labels and provenance.",
-             errors=(401,), access="api"),
+             response=schemas.HeadsResponse, errors=(401,), access="api"),
     Endpoint("GET", "/heads/{name}", show_head, "One head: backbone, labels, provenance, accuracy estimate.",
-             errors=(401, 404), access="api"),
+             response=schemas.HeadSummary, errors=(401, 404), access="api"),
     Endpoint("DELETE", "/heads/{name}", delete_head, "Stop serving a head and remove it from disk; needs the admin token.",
-             errors=(401, 403, 404, 409), access="admin"),
+             response=schemas.DeletedResponse, errors=(401, 403, 404, 409), access="admin"),
 )

@@ -254,7 +254,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/v1/embeddings", create_embeddings,
              "OpenAI's embeddings API for images: a JSON body {input, model, encoding_format, dimensions, user}; "
              "each input a data:image/...;base64 URI or bare base64; errors in OpenAI's shape.",
-             response=EmbeddingsResponse, errors=(400, 401, 404, 413, 429, 503), access="api", guarded=True),
+             request=EmbeddingsRequest, response=EmbeddingsResponse, errors=(400, 401, 404, 413, 429, 503),
+             access="api", guarded=True),
     Endpoint("GET", "/v1/models", list_models, "OpenAI's model list: the models /v1/embeddings serves.",
              response=ModelList, errors=(401,), access="api"),
     Endpoint("GET", "/v1/models/{model}", get_model, "OpenAI's model retrieval: one served model.",

@@ -50,7 +50,9 @@ EMBED_FIELDS = {
 }
 
 
-def _top_k(target: Target, results: list[dict], k: int) -> dict:
+def _top_k(target: Target, results: list[dict], k: int, *, asked: bool) -> dict:
+    """The top-k answer; `top_k_capped` only when the client `asked` for more labels than there are
+    (a 3-label head answers 3 under the default of 5 without a warning)."""
     labels = target.labels
     best, scores = top_k(target.outputs(results, ("probabilities",))["probabilities"], k)
     predictions = [
@@ -58,7 +60,7 @@ def _top_k(target: Target, results: list[dict], k: int) -> dict:
         for row, row_scores in zip(best, scores)
     ]
     returned = best.shape[1]
-    return {"model": target.name, "top_k": returned, "top_k_capped": k > returned, "predictions": predictions}
+    return {"model": target.name, "top_k": returned, "top_k_capped": asked and k > returned, "predictions": predictions}
 
 
 async def classify(request: Request) -> Response:
@@ -76,9 +78,10 @@ async def classify(request: Request) -> Response:
         targets[0].name,
     )
     if len(targets) == 1:
-        return JSONResponse(_top_k(targets[0], results, form.options["top_k"]))
+        return JSONResponse(_top_k(targets[0], results, form.options["top_k"], asked="top_k" in form.sent))
     # Several heads on one backbone: each image ran through the backbone once, for all of them.
-    return JSONResponse({"models": {t.name: _top_k(t, results, form.options["top_k"]) for t in targets}})
+    asked = "top_k" in form.sent
+    return JSONResponse({"models": {t.name: _top_k(t, results, form.options["top_k"], asked=asked) for t in targets}})
 
 
 async def embed(request: Request) -> Response:
@@ -106,13 +109,18 @@ async def list_models(request: Request) -> Response:
 async def openapi(request: Request) -> Response:
     from graft.service.docs import openapi_spec
 
-    return JSONResponse(openapi_spec(ENDPOINTS, BENTOML_ROUTES))
+    return JSONResponse(openapi_spec(ENDPOINTS, BENTOML_ROUTES, server=_base_url(request)))
 
 
 async def docs_page(request: Request) -> Response:
     from graft.service.docs import html_page, openapi_spec
 
-    return HTMLResponse(html_page(openapi_spec(ENDPOINTS, BENTOML_ROUTES)))
+    return HTMLResponse(html_page(openapi_spec(ENDPOINTS, BENTOML_ROUTES, server=_base_url(request))))
+
+
+def _base_url(request: Request) -> str:
+    """The URL the client used to reach this server (what its examples should name)."""
+    return str(request.base_url).rstrip("/")
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -140,6 +148,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 BENTOML_ROUTES = {
     "/livez": "200 while the process is alive.",
     "/readyz": "200 once every model is loaded and warmed; 503 before, and while shutting down.",
+    "/healthz": "BentoML's alias of /livez.",
     "/metrics": "Prometheus metrics: graft_stage_duration_seconds, graft_batch_size, graft_queue_depth, "
                 "graft_shed_images, and BentoML's request metrics.",
 }

@@ -20,7 +20,7 @@ class Prediction(BaseModel):
 class ClassifyResponse(BaseModel):
     model: str
     top_k: int = Field(description="labels returned per image (the request's top_k, capped at the label count)")
-    top_k_capped: bool = Field(description="true when the requested top_k exceeded the model's label count")
+    top_k_capped: bool = Field(description="true when the top_k the request sent exceeded the model's label count")
     predictions: list[list[Prediction]] = Field(description="one list per image, in the order sent, best first")
 
 
@@ -51,9 +51,11 @@ class ModelSummary(BaseModel):
 class HeadSummary(BaseModel):
     name: str
     backbone: str = Field(description="the served model whose embedding the head reads")
+    backbone_version: str = Field(description="the version of that model the head was fitted on")
     num_labels: int
     labels: list[str]
     source: str = Field(description="api (fitted through POST /heads) or run (exported from a training run)")
+    run: str | None = Field(description="the training run's name (source run)")
     num_images: int
     images_per_class: dict[str, int]
     accuracy_estimate: float | None
@@ -72,6 +74,37 @@ class HeadFitResponse(BaseModel):
     accuracy_method: str
     fit_seconds: float
     version: str
+
+
+class HeadsResponse(BaseModel):
+    heads: list[HeadSummary]
+
+
+class DeletedResponse(BaseModel):
+    deleted: str = Field(description="the head's name")
+
+
+class InferInput(BaseModel):
+    name: str = Field(description="images (BYTES: encoded image files) or input (FP32 [N, 3, H, W] preprocessed)")
+    shape: list[int]
+    datatype: str
+    parameters: dict = Field(default_factory=dict, description="binary_data_size with the binary extension")
+    data: list | None = Field(default=None, description="row-major values; absent when sent as binary")
+
+
+class InferOutputRequest(BaseModel):
+    name: str = Field(description="logits, probabilities or embedding")
+    parameters: dict = Field(default_factory=dict, description="binary_data, classification (top-k as text)")
+
+
+class InferRequestBody(BaseModel):
+    """The Open Inference Protocol's JSON body; with the binary extension the tensors follow it
+    (`Inference-Header-Content-Length` says where the JSON ends)."""
+
+    id: str | None = None
+    parameters: dict = Field(default_factory=dict)
+    inputs: list[InferInput] = Field(description="exactly one of images and input")
+    outputs: list[InferOutputRequest] = Field(default_factory=list, description="empty: every output")
 
 
 class ModelsResponse(BaseModel):

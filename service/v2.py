@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from graft import __version__
-from graft.service import oip
+from graft.service import oip, schemas
 from graft.service.endpoint import Endpoint, service, watched
 from graft.service.engine import Target
 from graft.service.metrics import metrics
@@ -179,5 +179,5 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *_versioned("POST", "/v2/models/{model}/infer", infer,
                 "OIP inference: JSON or binary tensors in and out; logits, probabilities, embedding; "
                 "the classification extension.",
-                errors=(400, 401, 404, 413, 429, 503), access="api", guarded=True),
+                request=schemas.InferRequestBody, errors=(400, 401, 404, 413, 429, 503), access="api", guarded=True),
 )

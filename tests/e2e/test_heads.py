@@ -98,6 +98,19 @@ def test_fit_response(fitted):
     assert fitted["fit_seconds"] > 0 and isinstance(fitted["version"], str) and fitted["version"]
 
 
+def test_head_routes_answer_as_documented(heads_server, fitted):
+    """The fit's 201 and the head listings' bodies are what /openapi.json says."""
+    from graft.service import schemas
+
+    spec = httpx.get(heads_server.url + "/openapi.json", timeout=10).json()
+    fit_responses = spec["paths"]["/heads"]["post"]["responses"]
+    assert "201" in fit_responses and "200" not in fit_responses and "501" in fit_responses
+    schemas.HeadFitResponse.model_validate(fitted)
+    schemas.HeadsResponse.model_validate(httpx.get(heads_server.url + "/heads", timeout=10).json())
+    schemas.HeadSummary.model_validate(httpx.get(f"{heads_server.url}/heads/{NAME}", timeout=10).json())
+    assert spec["paths"]["/heads/{name}"]["delete"]["responses"]["200"]["content"]
+
+
 def test_classify_with_the_new_head_at_once(heads_server, fitted, images):
     _, held_out = images
     predicted = classify(heads_server, NAME, held_out)
