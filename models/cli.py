@@ -33,15 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--strategy", required=True, choices=STRATEGIES)
     train.add_argument("--out", required=True, type=Path, help="run dir to create")
     train.add_argument("--epochs", type=positive(), default=None,
-                       help="feature-extract: head epochs (default 30); fine-tune: epochs after the "
-                            "warm-up; scratch: epochs (both default 2)")
+                       help="fine-tune: epochs after the warm-up; scratch: epochs (both default 2); "
+                            "feature-extract has none (its head is fitted to convergence)")
     train.add_argument("--batch-size", type=positive(), default=32)
     train.add_argument("--lr", type=float, default=None,
-                       help="learning rate of the head (default 1e-3); fine-tune trains the backbone at 0.1x")
+                       help="learning rate (default 1e-3) of fine-tune's head, its backbone at 0.1x, and of "
+                            "scratch's network; feature-extract has none")
     train.add_argument("--unfreeze", type=_unfreeze,
                        help="fine-tune: number of last backbone blocks to train, or 'all' (default 3)")
-    train.add_argument("--warmup-epochs", type=non_negative_int,
-                       help="fine-tune: head-only epochs on cached frozen features first (default 30)")
     train.add_argument("--limit-train", type=positive(), default=None, help="stratified subsample of N training images")
     train.add_argument("--limit-val", type=positive(), default=None, help="stratified subsample of N evaluation images")
     train.add_argument("--seed", type=int, default=0)

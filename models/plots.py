@@ -58,7 +58,8 @@ def draw_metric(ax, history: Sequence[dict], metric: str, *, label: str = "", co
                     color=color if color is not None else f"C{2 * index + (split == 'val')}",
                     label=" ".join(parts))
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # min_n_ticks=1: a one-entry history (a feature-extract run's fit) gets the tick 1, not 0.945 ... 1.050.
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 

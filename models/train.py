@@ -1,10 +1,12 @@
 """Transfer learning: `feature-extract`, `fine-tune` and `scratch`, each ending in a complete run dir.
 
 - feature-extract: the pretrained trunk stays frozen. Embeddings of the training and evaluation
-  images are computed once (eval preprocessing, cached on disk) and a linear head is trained on
-  them: multinomial logistic regression with AdamW on standardised features, the standardisation
-  then folded into the head's weights so the checkpoint is a plain `Backbone`.
-- fine-tune: the same head training as a warm-up (`warmup_epochs` on the cached frozen features),
+  images are computed once (eval preprocessing, cached on disk) and a linear head is fitted on
+  them by `graft.artifact.head_fit.fit_softmax`, the fit `POST /heads` runs (softmax regression on
+  standardised features, L-BFGS to convergence: no epochs, learning rate or seed), the
+  standardisation then folded into the head's weights so the checkpoint is a plain `Backbone`.
+- fine-tune: the same head fit as a warm-up (on the cached frozen features; a converged linear
+  probe is the start that least disturbs the pretrained features once they train),
   then the last `unfreeze` blocks and everything after them train with augmentation for `epochs`,
   the backbone at `BACKBONE_LR_FACTOR` times the head's learning rate. BatchNorm layers stay in
   eval mode (running statistics frozen; their affine weights train where unfrozen): batches of a
@@ -16,24 +18,23 @@
   end, see `recompute_batchnorm_stats`) for the same `epochs` on the same images: the baseline
   that shows what transfer buys.
 
-Evaluation always runs the model on `artifact.preprocessing.preprocess` outputs. Validation is
-measured every epoch where it is free (the head on cached embeddings) and once at the end for
-full-network training, where each pass over the evaluation split costs as much as training on it.
+Evaluation always runs the model on `artifact.preprocessing.preprocess` outputs. The history has one
+entry for the head fit (training and evaluation loss and accuracy on the cached embeddings) and one
+per epoch of full-network training, evaluated once at the end, where each pass over the evaluation
+split costs as much as training on it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from graft.artifact.errors import GraftError
+from graft.artifact.head_fit import fit_softmax
 from graft.artifact.outputs import atomic_directory, check_output_dir
 from graft.artifact.preprocessing import PreprocessingSpec
 from graft.models.backbones import Backbone, get_backbone
@@ -58,16 +60,14 @@ Strategy = Literal["feature-extract", "fine-tune", "scratch"]
 
 BACKBONE_LR_FACTOR = 0.1
 """Fine-tune: backbone learning rate relative to the head's (pretrained features need small steps)."""
-HEAD_WEIGHT_DECAY = 1e-3
 NETWORK_WEIGHT_DECAY = 0.05
 
-# Per-strategy defaults for options the user leaves unset: (epochs, learning rate).
+# Network training's defaults for options the user leaves unset: (epochs, learning rate). A
+# feature-extract run has neither: its head is one fit to convergence.
 DEFAULTS: dict[str, tuple[int, float]] = {
-    "feature-extract": (30, 1e-3),
     "fine-tune": (2, 1e-3),
     "scratch": (2, 1e-3),
 }
-DEFAULT_WARMUP_EPOCHS = 30  # head-only epochs on cached features cost almost nothing
 DEFAULT_UNFREEZE = 3
 
 
@@ -87,7 +87,6 @@ class TrainConfig:
     batch_size: int = 32
     lr: float | None = None
     unfreeze: int | Literal["all"] = DEFAULT_UNFREEZE
-    warmup_epochs: int = DEFAULT_WARMUP_EPOCHS
     limit_train: int | None = None
     limit_val: int | None = None
     seed: int = 0
@@ -98,11 +97,17 @@ class TrainConfig:
     """Data-loading processes; each takes a core from the model's threads, so none on small machines."""
 
     @property
-    def resolved_epochs(self) -> int:
+    def resolved_epochs(self) -> int | None:
+        """Epochs of network training; None for feature-extract."""
+        if self.strategy not in DEFAULTS:
+            return None
         return self.epochs if self.epochs is not None else DEFAULTS[self.strategy][0]
 
     @property
-    def resolved_lr(self) -> float:
+    def resolved_lr(self) -> float | None:
+        """Learning rate of network training (fine-tune's head, scratch's network); None for feature-extract."""
+        if self.strategy not in DEFAULTS:
+            return None
         return self.lr if self.lr is not None else DEFAULTS[self.strategy][1]
 
 
@@ -126,79 +131,41 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 
 # ---- head on cached features -------------------------------------------------------------------
-@contextmanager
-def single_thread():
-    """Run tiny tensor ops on one thread: on a busy machine, waiting for a second one costs more
-    than the op (the head's steps are ~1e5 FLOPs each)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def train_linear_head(
+def fit_linear_head(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
     val: tuple[torch.Tensor, torch.Tensor] | None,
     *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    first_epoch: int = 1,
+    num_classes: int,
     phase: str = "head",
-) -> tuple[nn.Linear, list[dict]]:
-    """Softmax regression on embeddings; returns the head (standardisation folded in) and history.
+) -> tuple[nn.Linear, dict]:
+    """The head `fit_softmax` fits on embeddings, as an `nn.Linear` on raw embeddings (its
+    standardisation folded in), and its history entry: one, since the fit has no epochs.
 
-    Features are standardised with the training mean/std so one learning rate suits every
-    backbone's embedding scale; the affine map is then folded into the returned `nn.Linear`.
-    NOTE: `train_x` is standardised in place (no second copy of the largest array in a run).
+    The entry holds the data loss (cross-entropy without the penalty) and accuracy on the training
+    embeddings and, given `val`, on the evaluation ones, and the L-BFGS iterations the fit took.
     """
-    mean, std = train_x.mean(0), train_x.std(0)
-    # Floor: a feature (nearly) constant on the training set must not blow up on other images.
-    std = std.clamp_min(0.1 * std.mean().item())
-    norm = lambda x: (x - mean) / std  # noqa: E731
-    num_classes = int(train_y.max()) + 1
-    generator = torch.Generator().manual_seed(seed)
+    fitted = fit_softmax(train_x.numpy(), train_y.numpy(), num_classes)
+    weight, bias = fitted.folded()
     head = nn.Linear(train_x.shape[1], num_classes)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=HEAD_WEIGHT_DECAY)
-    steps = epochs * math.ceil(len(train_x) / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
-    train_n, history = train_x.sub_(mean).div_(std), []
-    with single_thread():
-        for number, epoch in enumerate(range(first_epoch, first_epoch + epochs), start=1):
-            total_loss, correct = 0.0, 0
-            for batch in torch.randperm(len(train_n), generator=generator).split(batch_size):
-                logits = head(train_n[batch])
-                loss = F.cross_entropy(logits, train_y[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total_loss += loss.item() * len(batch)
-                correct += (logits.argmax(1) == train_y[batch]).sum().item()
-            entry = {"epoch": epoch, "phase": phase, "phase_epoch": number, "phase_epochs": epochs,
-                     "train_loss": total_loss / len(train_n), "train_accuracy": correct / len(train_n)}
-            if val is not None:
-                with torch.no_grad():
-                    logits = head(norm(val[0]))
-                entry["val_loss"] = F.cross_entropy(logits, val[1]).item()
-                entry["val_accuracy"] = (logits.argmax(1) == val[1]).float().mean().item()
-            history.append(entry)
-            if number == epochs or number % max(1, epochs // 5) == 0:  # a few lines, not one per cheap epoch
-                log.info("%s", _progress_line(entry))
-    folded = nn.Linear(train_x.shape[1], num_classes)
     with torch.no_grad():
-        folded.weight.copy_(head.weight / std)
-        folded.bias.copy_(head.bias - (head.weight * (mean / std)).sum(1))
-    return folded, history
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    entry = {"epoch": 1, "phase": phase, "phase_epoch": 1, "phase_epochs": 1,
+             "lbfgs_iterations": fitted.iterations}
+    measured = {"train": (train_x, train_y), **({"val": val} if val is not None else {})}
+    for split, (x, y) in measured.items():
+        with torch.no_grad():
+            logits = head(x)
+        entry[f"{split}_loss"] = F.cross_entropy(logits, y).item()
+        entry[f"{split}_accuracy"] = (logits.argmax(1) == y).float().mean().item()
+    log.info("%s (L-BFGS, %d iterations)", _progress_line(entry), fitted.iterations)
+    return head, entry
 
 
 def _progress_line(entry: dict) -> str:
-    """'fine-tune 1/1: loss 0.41, accuracy 0.87': numbered within its phase, so a one-epoch
-    fine-tune after a 30-epoch warm-up reads as its first epoch, not the 31st."""
+    """'fine-tune 1/2: loss 0.41, accuracy 0.87': numbered within its phase, so a fine-tune's first
+    epoch after its warm-up fit reads as its first, not the run's second entry."""
     line = (f"{entry['phase']} {entry['phase_epoch']}/{entry['phase_epochs']}: loss {entry['train_loss']:.4f}, "
             f"accuracy {entry['train_accuracy']:.4f}")
     if "val_accuracy" in entry:
@@ -321,8 +288,11 @@ def run_training(config: TrainConfig) -> dict:
     out = Path(config.out)
     check_out(out, config.overwrite)
     entry = get_backbone(config.backbone)  # unknown names fail before any work
-    if config.strategy not in DEFAULTS:
-        raise GraftError(f"expected a strategy in {tuple(DEFAULTS)}, got {config.strategy!r}")
+    if config.strategy not in get_args(Strategy):
+        raise GraftError(f"expected a strategy in {get_args(Strategy)}, got {config.strategy!r}")
+    if config.strategy == "feature-extract" and (config.epochs, config.lr) != (None, None):
+        log.warning("feature-extract fits its head to convergence (L-BFGS): --epochs and --lr apply to "
+                    "fine-tune and scratch only, ignored here")
     if config.unfreeze != "all" and config.unfreeze < 0:
         raise GraftError(f"expected --unfreeze N >= 0 or 'all', got {config.unfreeze}")
     seed_everything(config.seed)
@@ -361,15 +331,14 @@ def run_training(config: TrainConfig) -> dict:
 
         train_x = embed(splits.train, "training")
         val_x = embed(splits.val, "evaluation") if evaluated else None
-        del embed, embedder  # frees the ONNX Runtime session and its arena before the head trains
+        del embed, embedder  # frees the ONNX Runtime session and its arena before the head is fitted
         timings["embed_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        head_epochs = config.resolved_epochs if config.strategy == "feature-extract" else config.warmup_epochs
-        head, history = train_linear_head(
-            train_x, train_y, None if val_x is None else (val_x, val_y), epochs=head_epochs,
-            lr=config.resolved_lr, batch_size=config.batch_size, seed=config.seed,
+        head, fitted = fit_linear_head(
+            train_x, train_y, None if val_x is None else (val_x, val_y), num_classes=len(splits.labels),
             phase="head" if config.strategy == "feature-extract" else "warm-up",
         )
+        history.append(fitted)
         timings["head_s"] = time.perf_counter() - tick
         if val_x is not None:
             with torch.no_grad():

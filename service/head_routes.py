@@ -1,8 +1,8 @@
 """`POST /heads`, `GET /heads`, `GET|DELETE /heads/{name}`: transfer learning inside the service.
 
 A fit embeds the labelled images with the served backbone through the same batcher as every other
-request, fits a softmax regression in a worker thread (numpy), writes the head atomically
-under `GRAFT_HEADS_DIR` and serves it at once.
+request, fits a softmax regression in a worker thread (`graft.artifact.head_fit`, the fit
+`graft train` uses too), writes the head atomically under `GRAFT_HEADS_DIR` and serves it at once.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from graft import __version__
+from graft.artifact.head_fit import HeadFitError, fit_head
 from graft.artifact.heads import NAME_PATTERN, Provenance, make_head, now
 from graft.service import schemas
 from graft.service.endpoint import Endpoint, service, watched
 from graft.service.errors import BadRequest
 from graft.service.forms import Field, boolean, read_form, text
-from graft.service.head_fit import fit_head
 
 FIT_FIELDS = {
     "name": Field(text, "", f"the head's name: {NAME_PATTERN}, not a served model's name"),
@@ -49,9 +49,12 @@ async def create_head(request: Request) -> Response:
     results = await watched(request, work, engine.name)
     embeddings = target.outputs(results, ("embedding",))["embedding"]
     loop = asyncio.get_running_loop()
-    fit = await loop.run_in_executor(None, fit_head, embeddings, labels)
+    try:
+        fit = await loop.run_in_executor(None, fit_head, embeddings, labels)
+    except HeadFitError as error:
+        raise BadRequest(expected=error.expected, got=error.got) from None
     head = make_head(
-        name, fit.classes, weight=fit.weights, bias=fit.bias, mean=fit.mean, scale=fit.scale,
+        name, fit.classes, weight=fit.head.weights, bias=fit.head.bias, mean=fit.head.mean, scale=fit.head.scale,
         backbone=engine.manifest,
         provenance=Provenance(
             source="api", num_images=len(labels), images_per_class=fit.images_per_class,
