@@ -27,17 +27,17 @@ from graft.artifact.errors import GraftError
 from graft.artifact.image import ImageDecodeError
 from graft.artifact.manifest import MODEL_FILE, verify_model_hash
 from graft.artifact.store import is_store_tag
+from graft.service import logs
 from graft.service.auth import Auth
 from graft.service.cache import ResultCache
 from graft.service.config import ConfigError, ServeConfig
 from graft.service.decode import prepare
 from graft.service.engine import Engine, Target, deadline_after
 from graft.service.errors import BadRequest, NotFound, Unavailable
-from graft.service import logs
 from graft.service.heads import HeadStore
+from graft.service.middleware import RequestGuard
 from graft.service.models import load_models, pick_default, split_reference
 from graft.service.openai_api import OpenAIErrors
-from graft.service.middleware import RequestGuard
 from graft.service.routes import build_app, guarded_paths
 
 log = logging.getLogger(__name__)
