@@ -70,7 +70,10 @@ test-fast: install
 # The default model: ImageNet EfficientNet-Lite0 from an installed package, exported once.
 # Exported by the training venv (the weights are PyTorch's); served by the serving venv.
 default-model: $(DEFAULT_MODEL)/manifest.json
-$(DEFAULT_MODEL)/manifest.json: | $(TRAIN_STAMP)
+# The training venv is made only when the artifact is missing (an order-only prerequisite would be
+# made whenever it is missing itself, artifact or not).
+$(DEFAULT_MODEL)/manifest.json:
+	$(MAKE) --no-print-directory $(TRAIN_STAMP)
 	$(GRAFT) export --backbone tf_efficientnet_lite0 --out $(DEFAULT_MODEL) --overwrite
 
 serve: serve-install default-model
