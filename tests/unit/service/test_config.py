@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,8 @@ def test_bad_secrets_and_log_settings_name_the_variable(monkeypatch, env, messag
 
 
 def test_unset_and_empty_variables_give_the_documented_defaults(monkeypatch):
+    for name in [name for name in os.environ if name.startswith("GRAFT_")]:  # other suites' settings
+        monkeypatch.delenv(name)
     for name in ("GRAFT_MODELS", "GRAFT_HEADS_DIR", "GRAFT_MAX_QUEUE", "GRAFT_TRT_CACHE_DIR", "GRAFT_API_KEYS"):
         monkeypatch.setenv(name, "")
     config = ServeConfig()
