@@ -20,7 +20,7 @@ CONTAINER_DEPS := /usr/bin/podman /usr/sbin/runc /usr/sbin/debootstrap
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve-install system-deps container-deps test test-fast serve default-model bento image image-gpu \
+.PHONY: install serve-install system-deps container-deps lint test test-fast serve default-model bento image image-gpu \
 	bench bench-quick duplicates clean
 
 install: $(STAMP)
@@ -61,8 +61,12 @@ $(CONTAINER_DEPS):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq podman runc debootstrap uidmap slirp4netns fuse-overlayfs
 
-test: install system-deps
+test: install system-deps lint
 	$(PY) -m pytest
+
+# pyflakes (unused imports and names) and import order, configured in pyproject.toml.
+lint: install
+	$(PY) -m ruff check .
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import re
 import zipfile
 from dataclasses import dataclass as plain_dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, ValidationError

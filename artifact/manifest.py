@@ -7,7 +7,6 @@ normalisation and tensor names from here and hard-codes none of them.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
 from pathlib import Path

@@ -22,8 +22,8 @@ import pyarrow as pa
 
 from graft.artifact.image import decode_image
 from graft.artifact.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest
-from graft.artifact.preprocessing import PreprocessingSpec, crop, normalize
 from graft.artifact.postprocess import batch_buckets, l2_normalize, served_identity, softmax, top_k
+from graft.artifact.preprocessing import PreprocessingSpec, crop, normalize
 from graft.artifact.runtime import Runner
 
 log = logging.getLogger(__name__)

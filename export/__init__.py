@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from graft.export.api import export_backbone, export_run
-    from graft.export.head import export_head
     from graft.export.errors import ExportError, OutputExists, ParityError, RegistrationError
+    from graft.export.head import export_head
     from graft.export.register import register_artifact
 
 _LAZY = {

@@ -17,7 +17,6 @@ end to end, top-1 agreement with the run's PyTorch logits.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
 import os
 from pathlib import Path

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from context import Context, StageFailed
 from drive import drive
 from plan import split_key
-from context import Context, StageFailed
 
 logger = logging.getLogger("graft.gpu")
 

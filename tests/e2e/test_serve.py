@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import io
 import os
 import signal
 import subprocess
@@ -21,7 +20,6 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from PIL import Image
 
 from graft.artifact.image import decode_image
 from graft.artifact.manifest import MODEL_FILE, read_manifest
@@ -30,6 +28,7 @@ from graft.artifact.preprocessing import preprocess
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 from tests.e2e.conftest import EMBEDDER, REPO, Server, free_port, png, upload
+
 
 @pytest.fixture(scope="module")
 def reference(lite0_classifier, lite0_embedder, photo_jpegs):

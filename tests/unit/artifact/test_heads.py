@@ -10,8 +10,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from graft.artifact.manifest import IOSpec, Manifest, TensorSpec, WeightsInfo
-from graft.artifact.preprocessing import PreprocessingSpec
 from graft.artifact.heads import (
     HEAD_FILE,
     SCHEMA_VERSION,
@@ -26,6 +24,8 @@ from graft.artifact.heads import (
     read_head,
     write_head,
 )
+from graft.artifact.manifest import IOSpec, Manifest, TensorSpec, WeightsInfo
+from graft.artifact.preprocessing import PreprocessingSpec
 
 DIM, LABELS = 16, ("cat", "dog", "bird")
 BACKBONE = BackboneRef(name="tf_efficientnet_lite0", version="6a6cf6529e1c", sha256="6a" * 32, embedding_dim=DIM)

@@ -4,10 +4,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from graft.artifact.manifest import MODEL_FILE
-from graft.artifact.preprocessing import preprocess_batch
-from graft.artifact.manifest import read_manifest
+from graft.artifact.manifest import MODEL_FILE, read_manifest
 from graft.artifact.postprocess import softmax
+from graft.artifact.preprocessing import preprocess_batch
 from graft.artifact.runtime import Runner, session_providers
 
 

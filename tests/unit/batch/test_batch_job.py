@@ -20,8 +20,8 @@ import pytest
 
 from graft.artifact.image import DEFAULT_MAX_PIXELS, decode_image
 from graft.artifact.manifest import read_manifest
-from graft.artifact.preprocessing import preprocess
 from graft.artifact.postprocess import softmax
+from graft.artifact.preprocessing import preprocess
 from graft.artifact.runtime import Runner
 from graft.batch.job import SUMMARY_FILE, JobConfig, run_job
 from graft.batch.sources import BatchInputError

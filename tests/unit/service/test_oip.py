@@ -20,8 +20,8 @@ from tritonclient.http import InferenceServerClient, InferInput, InferRequestedO
 
 from graft.artifact.image import decode_image
 from graft.artifact.manifest import MODEL_FILE, read_manifest
-from graft.artifact.preprocessing import preprocess
 from graft.artifact.postprocess import softmax
+from graft.artifact.preprocessing import preprocess
 from graft.service.errors import BadRequest, NotFound
 from graft.service.oip import (
     InferRequest,
