@@ -17,7 +17,7 @@ from graft.artifact.head_fit import HeadFitError, fit_head
 from graft.artifact.heads import NAME_PATTERN, Provenance, make_head, now
 from graft.service import schemas
 from graft.service.endpoint import Endpoint, service, watched
-from graft.service.errors import BadRequest
+from graft.service.errors import BadRequest, NotFound
 from graft.service.forms import Field, boolean, read_form, text
 
 FIT_FIELDS = {
@@ -40,9 +40,10 @@ async def create_head(request: Request) -> Response:
                          got=f"{len(labels)} labels for {len(form.images)} images")
     if len(set(labels)) > config.max_classes:
         raise BadRequest(expected=f"at most {config.max_classes} classes", got=str(len(set(labels))))
-    target = graft.target(form.options["backbone"])
-    if target.head is not None:
-        raise BadRequest(expected="a served model as the backbone", got=f"head {target.name!r}")
+    backbone = form.options["backbone"] or graft.default_model
+    if backbone not in graft.engines:  # heads are no backbones: they are not offered
+        raise NotFound(expected=f"backbone to be one of the served models {sorted(graft.engines)}", got=repr(backbone))
+    target = graft.target(backbone)
     engine = target.engine
     graft.heads.check_put(name, engine.name, overwrite=overwrite)  # the store reserves served models' names
     work = graft.run_images(engine, form.images, max_images=config.max_fit_images, budget_per_chunk=True)
