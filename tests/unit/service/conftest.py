@@ -1,12 +1,17 @@
-"""In-process fixtures: the real BentoML services behind `TestClient(Graft.to_asgi())`."""
+"""In-process fixtures: the real BentoML services behind `TestClient(Graft.to_asgi())`, serving the tiny
+synthetic artifact (`tests.synthetic`): no torch, no downloads. What needs real ImageNet weights is
+tested against a real server in `tests/e2e`."""
 
 from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from tests import synthetic
 
 # Small limits so the limit tests stay small; read by service.config when service.app is imported.
 LIMITS = {
@@ -24,10 +29,37 @@ def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def service_app(lite0_classifier, lite0_embedder, tmp_path_factory):
+def tiny_classifier(tmp_path_factory) -> Path:
+    """The tiny synthetic classifier artifact (logits + embedding)."""
+    out = tmp_path_factory.mktemp("artifacts") / synthetic.NAME
+    synthetic.write_artifact(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory) -> Path:
+    """The tiny classifier's embedder (embedding only)."""
+    out = tmp_path_factory.mktemp("artifacts") / synthetic.EMBEDDER
+    synthetic.write_artifact(out, headless=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pictures() -> dict[str, Image.Image]:
+    """One synthetic picture per label of the tiny classifier, named by that label."""
+    return synthetic.pictures()
+
+
+@pytest.fixture(scope="session")
+def red_jpeg(pictures) -> bytes:
+    return jpeg_bytes(pictures["red"])
+
+
+@pytest.fixture(scope="session")
+def service_app(tiny_classifier, tiny_embedder, tmp_path_factory):
     """`service.app` imported with the classifier (default) and the embedder configured."""
     patch = pytest.MonkeyPatch()
-    patch.setenv("GRAFT_MODELS", f"{lite0_classifier},{lite0_embedder}")
+    patch.setenv("GRAFT_MODELS", f"{tiny_classifier},{tiny_embedder}")
     patch.setenv("GRAFT_DEFAULT_MODEL", "")
     # BentoML's /metrics reads prometheus_client's multi-process files; `bentoml serve` sets this.
     patch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path_factory.mktemp("prometheus")))
@@ -50,8 +82,3 @@ def client(service_app):
             assert time.monotonic() < deadline, "service never became ready"
             time.sleep(0.2)
         yield test_client
-
-
-@pytest.fixture(scope="session")
-def chelsea_jpeg(photos) -> bytes:
-    return jpeg_bytes(photos["chelsea"])

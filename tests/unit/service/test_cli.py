@@ -7,6 +7,7 @@ import pytest
 
 from graft.cli import build_parser, main
 from graft.service.config import ServeConfig
+from tests.synthetic import NAME
 
 # Lists and paths have flags of their own or stay in the environment; secrets always do.
 _OWN_FLAGS = {"models": "--model", "default_model": "--default", "heads": "--head", "heads_dir": "--heads-dir"}
@@ -19,11 +20,11 @@ def test_serve_refuses_a_missing_model_with_one_line(tmp_path, capsys):
     assert "expected an artifact directory with manifest.json" in capsys.readouterr().err
 
 
-def test_serve_refuses_an_unknown_default(lite0_classifier, capsys, monkeypatch):
+def test_serve_refuses_an_unknown_default(tiny_classifier, capsys, monkeypatch):
     monkeypatch.delenv("GRAFT_DEFAULT_MODEL", raising=False)
-    code = main(["serve", "--model", str(lite0_classifier), "--default", "other"])
+    code = main(["serve", "--model", str(tiny_classifier), "--default", "other"])
     assert code == 2
-    assert "expected the default model to be one of ['tf_efficientnet_lite0'], got 'other'" in capsys.readouterr().err
+    assert f"expected the default model to be one of [{NAME!r}], got 'other'" in capsys.readouterr().err
 
 
 def test_tuning_flags_come_from_the_settings(capsys):

@@ -1,4 +1,4 @@
-"""The head store on real Lite0 artifacts: binding to the right backbone, persistence across a restart,
+"""The head store on the tiny synthetic artifacts: binding to the right backbone, persistence across a restart,
 atomic replace, delete, limits, names that can't escape the heads directory, `--head` heads."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ LABELS = ("boot", "shirt", "trouser")
 
 
 @pytest.fixture(scope="module")
-def backbones(lite0_classifier, lite0_embedder):
-    manifests = [read_manifest(lite0_classifier), read_manifest(lite0_embedder)]
+def backbones(tiny_classifier, tiny_embedder):
+    manifests = [read_manifest(tiny_classifier), read_manifest(tiny_embedder)]
     return {m.name: m for m in manifests}
 
 
@@ -105,8 +105,8 @@ def test_binds_by_hash_not_by_name(tmp_path, backbones, classifier, embedder):
     """The same artifact served under another name still carries its heads; the same name with other
     weights does not."""
     write_head(tmp_path / "shoes", random_head("shoes", backbones[classifier]))
-    renamed = store_on(tmp_path, {"lite0-prod": backbones[classifier], embedder: backbones[embedder]})
-    assert renamed.get("shoes").backbone == "lite0-prod"
+    renamed = store_on(tmp_path, {"tiny-prod": backbones[classifier], embedder: backbones[embedder]})
+    assert renamed.get("shoes").backbone == "tiny-prod"
     with pytest.raises(HeadError, match="not served"):
         store_on(tmp_path, {classifier: backbones[embedder]})
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[3]
     # `graft serve` builds the whole CLI (every package's cli module), still without torch
     ("import graft.cli; graft.cli.build_parser()", ("torch", "torchvision", "timm")),
 ], ids=["service", "graft-cli"])
-def test_the_serving_path_loads_no_torch(lite0_classifier, imports, forbidden):
+def test_the_serving_path_loads_no_torch(tiny_classifier, imports, forbidden):
     code = (
         f"import sys; {imports}; "
         f"bad = sorted(m for m in sys.modules if any(m == f or m.startswith(f + '.') for f in {forbidden!r})); "
@@ -23,6 +23,6 @@ def test_the_serving_path_loads_no_torch(lite0_classifier, imports, forbidden):
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-        env={"GRAFT_MODELS": str(lite0_classifier), "PATH": "/usr/bin:/bin"},
+        env={"GRAFT_MODELS": str(tiny_classifier), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -3,7 +3,7 @@
 Requests are built with `tritonclient.http` (`InferInput`, `InferRequestedOutput`,
 `InferenceServerClient.generate_request_body`), responses read back with
 `InferenceServerClient.parse_response_body`, so both sides are the real client's wire format. Inputs
-are real JPEGs and the Lite0 artifact's outputs run in ONNX Runtime.
+are JPEGs and the tiny synthetic artifact's outputs run in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -40,21 +40,23 @@ from graft.service.oip import (
     requested_outputs,
     server_metadata,
 )
+from tests.synthetic import LABELS, NAME
+from tests.unit.service.conftest import jpeg_bytes
 
 
 @pytest.fixture(scope="module")
-def manifest(lite0_classifier):
-    return read_manifest(lite0_classifier)
+def manifest(tiny_classifier):
+    return read_manifest(tiny_classifier)
 
 
 @pytest.fixture(scope="module")
 def model(manifest):
-    return ModelSignature.from_manifest("tf_efficientnet_lite0", manifest)
+    return ModelSignature.from_manifest(NAME, manifest)
 
 
 @pytest.fixture(scope="module")
-def jpegs(photo_jpegs) -> list[bytes]:
-    return [photo_jpegs[name].read_bytes() for name in ("chelsea", "coffee")]
+def jpegs(pictures) -> list[bytes]:
+    return [jpeg_bytes(pictures[name]) for name in ("red", "green")]
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +66,9 @@ def pixels(jpegs, manifest) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def outputs(lite0_classifier, manifest, pixels) -> dict[str, np.ndarray]:
-    """What the model computes for the two photos: logits, probabilities and the raw embedding."""
-    session = ort.InferenceSession(str(lite0_classifier / MODEL_FILE), providers=["CPUExecutionProvider"])
+def outputs(tiny_classifier, manifest, pixels) -> dict[str, np.ndarray]:
+    """What the model computes for the two pictures: logits, probabilities and the raw embedding."""
+    session = ort.InferenceSession(str(tiny_classifier / MODEL_FILE), providers=["CPUExecutionProvider"])
     names = [o.name for o in manifest.io.outputs]
     results = dict(zip(names, session.run(names, {manifest.io.input.name: pixels})))
     results["probabilities"] = softmax(results["logits"])
@@ -195,7 +197,7 @@ def test_classification_extension_formats_as_triton(model, jpegs, outputs, binar
         expected = [f"{probabilities[i]:.6f}:{i}:{model.labels[i]}" for i in best]
         assert [text(element) for element in row] == expected
     top = text(got[0][0]).split(":")
-    assert "cat" in top[2] and float(top[0]) > 0.1  # chelsea is a tabby
+    assert top[2] == "red" and float(top[0]) > 0.5
 
 
 def test_classification_on_logits_ranks_logit_values_and_caps_at_the_class_count(model, outputs):
@@ -223,7 +225,7 @@ def test_metadata_config_and_versions(model, manifest):
     assert metadata["versions"] == [manifest.version]
     assert {(i["name"], i["datatype"]) for i in metadata["inputs"]} == {("images", "BYTES"), ("input", "FP32")}
     assert {o["name"]: o["shape"] for o in metadata["outputs"]} == {
-        "logits": [-1, 1000], "probabilities": [-1, 1000], "embedding": [-1, manifest.embedding_dim],
+        "logits": [-1, len(LABELS)], "probabilities": [-1, len(LABELS)], "embedding": [-1, manifest.embedding_dim],
     }
     assert "exactly one input" in metadata["parameters"]["inputs"]
     config = model_config(model, max_batch_size=8)
@@ -375,7 +377,7 @@ def test_model_input_refuses_what_the_model_cannot_run(model, pixels, jpegs):
         "two inputs": parse([images_input(jpegs), tensor_input(pixels)]),
         "int64": parse_infer_request(document({"name": "x", "datatype": "INT64", "shape": [1], "data": [1]})),
         "fp64": parse([InferInput("x", list(pixels.shape), "FP64").set_data_from_numpy(pixels.astype(np.float64))]),
-        "fp32 wrong size": parse([tensor_input(pixels[:, :, :100, :100])]),
+        "fp32 wrong size": parse([tensor_input(pixels[:, :, : height - 1, : width - 1])]),
         "fp32 wrong rank": parse([tensor_input(pixels[0])]),
         "fp32 empty batch": parse([tensor_input(pixels[:0])]),
         "fp32 nan": parse([tensor_input(np.full_like(pixels, np.nan))]),

@@ -1,4 +1,4 @@
-"""`/v1/embeddings` and `/v1/models` in-process (real dispatcher, real ONNX Runtime, real JPEGs):
+"""`/v1/embeddings` and `/v1/models` in-process (real dispatcher, real ONNX Runtime, the tiny artifact):
 OpenAI's shapes, `/embed`'s vectors, and every malformed body answered 4xx in OpenAI's error shape."""
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from starlette.responses import JSONResponse
 from graft.service.errors import Unauthorized
 from graft.service.middleware import RequestGuard
 from graft.service.openai_api import EmbeddingsResponse, ModelList, OpenAIErrors, image_bytes
+from tests.synthetic import EMBEDDER, EMBEDDING_DIM, NAME
 from tests.unit.service.conftest import jpeg_bytes
-
-EMBEDDER = "tf_efficientnet_lite0-embedder"
 
 
 def b64(data: bytes) -> str:
@@ -38,43 +37,43 @@ def assert_openai_error(response, status: int, fragment: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def coffee_jpeg(photos) -> bytes:
-    return jpeg_bytes(photos["coffee"])
+def green_jpeg(pictures) -> bytes:
+    return jpeg_bytes(pictures["green"])
 
 
-@pytest.mark.parametrize("model", ["tf_efficientnet_lite0", EMBEDDER])
-def test_floats_equal_embed_in_order(client, chelsea_jpeg, coffee_jpeg, model):
-    response = client.post("/v1/embeddings", json={"model": model, "input": [data_uri(chelsea_jpeg), b64(coffee_jpeg)]})
+@pytest.mark.parametrize("model", [NAME, EMBEDDER])
+def test_floats_equal_embed_in_order(client, red_jpeg, green_jpeg, model):
+    response = client.post("/v1/embeddings", json={"model": model, "input": [data_uri(red_jpeg), b64(green_jpeg)]})
     assert response.status_code == 200, response.text
     body = EmbeddingsResponse.model_validate(response.json()).model_dump()
     assert body["object"] == "list" and body["model"] == model
     assert [item["index"] for item in body["data"]] == [0, 1]
     assert body["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
-    files = [("images", ("a.jpg", chelsea_jpeg)), ("images", ("b.jpg", coffee_jpeg))]
+    files = [("images", ("a.jpg", red_jpeg)), ("images", ("b.jpg", green_jpeg))]
     embedded = client.post("/embed", files=files, data={"model": model}).json()["embeddings"]
     np.testing.assert_allclose([item["embedding"] for item in body["data"]], embedded, atol=1e-6)
 
 
-def test_base64_is_little_endian_float32_of_the_same_vectors(client, chelsea_jpeg):
-    request = {"model": "", "input": data_uri(chelsea_jpeg)}
+def test_base64_is_little_endian_float32_of_the_same_vectors(client, red_jpeg):
+    request = {"model": "", "input": data_uri(red_jpeg)}
     floats = client.post("/v1/embeddings", json=request).json()
     packed = client.post("/v1/embeddings", json={**request, "encoding_format": "base64"}).json()
     (item,) = packed["data"]
     vector = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
-    assert vector.shape == (1280,) and packed["model"] == "tf_efficientnet_lite0"
+    assert vector.shape == (EMBEDDING_DIM,) and packed["model"] == NAME
     np.testing.assert_array_equal(vector, np.asarray(floats["data"][0]["embedding"], dtype=np.float32))
-    assert len(item["embedding"]) == 4 * -(-1280 * 4 // 3)  # 4 bytes a float, 4 characters per 3 bytes
+    assert len(item["embedding"]) == 4 * -(-EMBEDDING_DIM * 4 // 3)  # 4 bytes a float, 4 characters per 3 bytes
 
 
-def test_user_is_ignored_and_the_models_own_dimensions_accepted(client, chelsea_jpeg):
-    response = client.post("/v1/embeddings", json={"model": EMBEDDER, "input": [b64(chelsea_jpeg)],
-                                                   "user": "someone", "dimensions": 1280})
-    assert response.status_code == 200 and len(response.json()["data"][0]["embedding"]) == 1280
+def test_user_is_ignored_and_the_models_own_dimensions_accepted(client, red_jpeg):
+    response = client.post("/v1/embeddings", json={"model": EMBEDDER, "input": [b64(red_jpeg)],
+                                                   "user": "someone", "dimensions": EMBEDDING_DIM})
+    assert response.status_code == 200 and len(response.json()["data"][0]["embedding"]) == EMBEDDING_DIM
 
 
-def test_wrapped_base64_and_any_image_type_are_accepted(client, photos):
+def test_wrapped_base64_and_any_image_type_are_accepted(client, pictures):
     buffer = io.BytesIO()
-    photos["rocket"].save(buffer, "PNG")
+    pictures["blue"].save(buffer, "PNG")
     wrapped = "\n".join(b64(buffer.getvalue())[i:i + 76] for i in range(0, len(b64(buffer.getvalue())), 76))
     response = client.post("/v1/embeddings", json={"model": "", "input": [wrapped, data_uri(buffer.getvalue(), "image/png")]})
     assert response.status_code == 200, response.text
@@ -84,7 +83,7 @@ def test_wrapped_base64_and_any_image_type_are_accepted(client, photos):
 
 def test_models_lists_every_served_model(client):
     body = ModelList.model_validate(client.get("/v1/models").json()).model_dump()
-    assert [card["id"] for card in body["data"]] == ["tf_efficientnet_lite0", EMBEDDER]
+    assert [card["id"] for card in body["data"]] == [NAME, EMBEDDER]
     assert all(card["object"] == "model" and card["created"] > 1.7e9 for card in body["data"])
     assert client.get(f"/v1/models/{EMBEDDER}").json()["id"] == EMBEDDER
     error = assert_openai_error(client.get("/v1/models/resnet50"), 404, "expected model to be one of")
@@ -116,16 +115,16 @@ def png(size=(8, 8)) -> bytes:
     ({"input": [b64(png())]}, 400, "model: expected a model name string (GET /v1/models), got none"),
     ({"model": ""}, 400, "input: expected a string or a list of strings"),
     ({"model": "", "input": [b64(png())], "encoding_format": "float16"}, 400, "encoding_format: expected 'float' or 'base64'"),
-    ({"model": "", "input": [b64(png())], "dimensions": 256}, 400, "dimensions: expected 1280"),
-    ({"model": "", "input": [b64(png())], "dimensions": "1280"}, 400, "dimensions: expected an integer"),
+    ({"model": "", "input": [b64(png())], "dimensions": 256}, 400, f"dimensions: expected {EMBEDDING_DIM}"),
+    ({"model": "", "input": [b64(png())], "dimensions": str(EMBEDDING_DIM)}, 400, "dimensions: expected an integer"),
     ({"model": "", "input": [b64(png())], "extra": 1}, 400, "got a field named 'extra'"),
     ({"model": "resnet50", "input": [b64(png())]}, 404, "expected model to be one of"),
     ([{"model": "", "input": [b64(png())]}], 400, "expected a JSON object body, got a JSON array"),
 ], ids=lambda value: None)
-def test_bad_bodies_get_a_4xx_in_openais_shape(client, chelsea_jpeg, body, status, fragment):
+def test_bad_bodies_get_a_4xx_in_openais_shape(client, red_jpeg, body, status, fragment):
     error = assert_openai_error(client.post("/v1/embeddings", json=body), status, fragment)
     assert error["type"] == "invalid_request_error"
-    assert client.post("/v1/embeddings", json={"model": "", "input": b64(chelsea_jpeg)}).status_code == 200
+    assert client.post("/v1/embeddings", json={"model": "", "input": b64(red_jpeg)}).status_code == 200
 
 
 @pytest.mark.parametrize("content, status, fragment", [
