@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from graft.argtypes import non_negative_int, positive
@@ -46,7 +47,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         f"(default: {_shared('intra_op_threads')})")
     parser.add_argument("--actor-cpus", type=positive(float), default=1.0,
                         help="CPUs Ray reserves per inference actor (default: %(default)s)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                        help="Ray Data's progress bars (default: on in a terminal; without one Ray would log "
+                             "them as a line per stage every few seconds)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -143,11 +143,14 @@ def ray_session(address: str | None) -> Iterator[float]:
     # NOTE: "local", not None: with None Ray would also join whatever `ray start` last left on this
     # machine (/tmp/ray/ray_current_cluster); joining a cluster is asked for explicitly (auto, host:port).
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    verbose = log.isEnabledFor(logging.DEBUG)
     ray.init(
         address=address,
         include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=log.isEnabledFor(logging.DEBUG),
+        # Ray's own notices (the local cluster's token authentication, Ray Data's execution plan and
+        # its end-of-job resource warnings) drown graft's one summary line; `graft -v` shows them.
+        logging_level=logging.INFO if verbose else logging.ERROR,
+        log_to_driver=verbose,
     )
     try:
         yield time.perf_counter() - started
@@ -266,6 +269,8 @@ def run_job(config: JobConfig) -> JobSummary:
         with ray_session(config.ray_address) as ray_start:
             from ray.data import DataContext
 
+            # After the import: Ray Data sets up its loggers when first imported.
+            logging.getLogger("ray.data").setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.ERROR)
             DataContext.get_current().enable_progress_bars = config.progress
             dataset, actors, gpus_per_actor = build_pipeline(config, directory, manifest, source)
             log.info("batch %s: %s on %d actor(s) (%d GPU each) -> %s", config.task, manifest.name, actors,
