@@ -1,12 +1,15 @@
-"""The serving path never imports torch: checked in a fresh interpreter, as a worker would start."""
+"""The serving path never imports torch, checked in fresh interpreters: as a worker starts, and as a
+serving-only install runs this folder's tests."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
 
 
 @pytest.mark.parametrize("imports, forbidden", [
@@ -26,3 +29,17 @@ def test_the_serving_path_loads_no_torch(tiny_classifier, imports, forbidden):
         env={"GRAFT_MODELS": str(tiny_classifier), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_service_tests_pass_without_the_training_packages():
+    """This folder's tests in a fresh interpreter where the `train` extra cannot be imported, as a
+    serving-only install (`graft[cpu]` and the `test` extra) runs them."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("GRAFT_", "PROMETHEUS_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.serving_only", "-p", "no:cacheprovider", "-q",
+         "-m", "not slow", str(HERE)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and " skipped" not in done.stdout, done.stdout[-1000:]
