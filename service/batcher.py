@@ -20,7 +20,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from graft.service.errors import TooManyRequests, Unavailable
@@ -35,8 +35,8 @@ RunBatch = Callable[[list[Any]], Sequence[Any]]
 class _Item:
     payload: Any
     future: asyncio.Future
-    deadline: float  # time.monotonic() by which the result is needed
-    enqueued: float = field(default_factory=time.monotonic)
+    deadline: float  # on the batcher's clock, by which the result is needed
+    enqueued: float
 
 
 class BatchObserver:
@@ -58,11 +58,13 @@ class Batcher:
         max_batch: most items in one call of `run`.
         max_queue: most items waiting; `submit` refuses more with `TooManyRequests` (429).
         observer: receives queue depth, batch sizes, times and shed counts.
+        clock: seconds that only go forward; deadlines and the time per item are measured on it.
+            Tests pass a fake one so deadline decisions do not depend on the machine's speed.
     """
 
     def __init__(
         self, name: str, run: RunBatch, *, max_batch: int, max_queue: int,
-        observer: BatchObserver | None = None,
+        observer: BatchObserver | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"expected max_batch and max_queue >= 1, got {max_batch} and {max_queue}")
@@ -70,6 +72,7 @@ class Batcher:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._run = run
+        self._clock = clock
         self._observer = observer or BatchObserver()
         self._queue: deque[_Item] = deque()
         self._ready: asyncio.Event | None = None
@@ -89,8 +92,8 @@ class Batcher:
 
         Args:
             payloads: what `run` receives for each item.
-            deadline: `time.monotonic()` by which results are needed; items that cannot meet it
-                are answered `Unavailable` (503) without running.
+            deadline: when results are needed, on the batcher's clock (`time.monotonic()` unless
+                given); items that cannot meet it are answered `Unavailable` (503) without running.
 
         Raises:
             TooManyRequests: the queue cannot take this many more items.
@@ -106,7 +109,8 @@ class Batcher:
             )
         self._start()
         loop = asyncio.get_running_loop()
-        items = [_Item(payload, loop.create_future(), deadline) for payload in payloads]
+        now = self._clock()
+        items = [_Item(payload, loop.create_future(), deadline, now) for payload in payloads]
         self._queue.extend(items)
         self._observer.queue_depth(len(self._queue))
         self._ready.set()
@@ -127,7 +131,7 @@ class Batcher:
         """Up to `max_batch` live items from the queue's head; shed the ones that cannot make it."""
         batch: list[_Item] = []
         late = 0
-        now = time.monotonic()
+        now = self._clock()
         while self._queue and len(batch) < self.max_batch:
             item = self._queue.popleft()
             if item.future.done():  # cancelled: its request went away or already failed
@@ -158,7 +162,7 @@ class Batcher:
             batch = self._take()
             if not batch:
                 continue
-            started = time.monotonic()
+            started = self._clock()
             try:
                 results = await loop.run_in_executor(self._thread, self._run, [item.payload for item in batch])
                 if len(results) != len(batch):
@@ -169,7 +173,7 @@ class Batcher:
                     if not item.future.done():
                         item.future.set_exception(error)
                 continue
-            elapsed = time.monotonic() - started
+            elapsed = self._clock() - started
             for item, result in zip(batch, results):
                 if not item.future.done():
                     item.future.set_result(result)

@@ -4,6 +4,7 @@ tested against a real server in `tests/e2e`."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from pathlib import Path
@@ -26,6 +27,14 @@ def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    """Poll `condition()` while the event loop runs, instead of sleeping for a guess at how long it takes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.001)
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,39 @@
-"""graft's batcher on its own, with a fake session: greedy batches, bounds, deadlines, cancellation."""
+"""graft's batcher on its own, with a fake session and a fake clock: greedy batches, bounds, deadlines,
+cancellation. Nothing waits for time to pass: tests wait on events or poll the queue."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
 from graft.service.batcher import Batcher
 from graft.service.errors import TooManyRequests, Unavailable
+from tests.unit.service.conftest import until
+
+
+class FakeClock:
+    """Seconds that pass only when the fake session says a batch took them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class FakeSession:
-    """Records each batch; doubles payloads; can be held mid-batch; fails batches holding 'bad'."""
+    """Records each batch and the thread it ran on; doubles payloads; can be held mid-batch; fails
+    batches holding 'bad'; each item takes `seconds_per_item` on the clock."""
 
-    def __init__(self, seconds_per_item: float = 0.0) -> None:
+    def __init__(self, clock: FakeClock, seconds_per_item: float = 0.0) -> None:
         self.batches: list[list] = []
+        self.threads: set[int] = set()
         self.release = threading.Event()
         self.release.set()
         self.running = threading.Event()
+        self.clock = clock
         self.seconds_per_item = seconds_per_item
 
     def hold(self) -> None:
@@ -27,16 +41,23 @@ class FakeSession:
 
     def __call__(self, payloads: list) -> list:
         self.batches.append(list(payloads))
+        self.threads.add(threading.get_ident())
         self.running.set()
         self.release.wait(10)
-        time.sleep(self.seconds_per_item * len(payloads))
+        self.clock.now += self.seconds_per_item * len(payloads)
         if "bad" in payloads:
             raise RuntimeError("the session failed")
         return [payload * 2 for payload in payloads]
 
 
-def far() -> float:
-    return time.monotonic() + 60
+def batcher_on(seconds_per_item: float = 0.0, **limits) -> tuple[Batcher, FakeSession, FakeClock]:
+    clock = FakeClock()
+    session = FakeSession(clock, seconds_per_item)
+    return Batcher("m", session, clock=clock, **limits), session, clock
+
+
+def far(clock: FakeClock) -> float:
+    return clock() + 60
 
 
 async def wait_running(session: FakeSession) -> None:
@@ -49,14 +70,13 @@ def run(coroutine):
 
 def test_a_batch_starts_at_once_and_takes_everything_queued_meanwhile():
     async def scenario():
-        session = FakeSession()
-        batcher = Batcher("m", session, max_batch=16, max_queue=64)
+        batcher, session, clock = batcher_on(max_batch=16, max_queue=64)
         session.hold()
-        first = asyncio.ensure_future(batcher.submit([1], deadline=far()))
+        first = asyncio.ensure_future(batcher.submit([1], deadline=far(clock)))
         await wait_running(session)  # the lone item did not wait for partners
         # Three requests with different numbers of items arrive while the session is busy.
-        others = [asyncio.ensure_future(batcher.submit(items, deadline=far())) for items in ([2, 3], [4], [5, 6, 7])]
-        await asyncio.sleep(0.05)
+        others = [asyncio.ensure_future(batcher.submit(items, deadline=far(clock))) for items in ([2, 3], [4], [5, 6, 7])]
+        await until(lambda: batcher.depth == 6)
         session.release.set()
         results = await asyncio.gather(first, *others)
         batcher.close()
@@ -69,13 +89,12 @@ def test_a_batch_starts_at_once_and_takes_everything_queued_meanwhile():
 
 def test_batches_never_exceed_max_batch():
     async def scenario():
-        session = FakeSession()
-        batcher = Batcher("m", session, max_batch=4, max_queue=64)
+        batcher, session, clock = batcher_on(max_batch=4, max_queue=64)
         session.hold()
-        first = asyncio.ensure_future(batcher.submit([0], deadline=far()))
+        first = asyncio.ensure_future(batcher.submit([0], deadline=far(clock)))
         await wait_running(session)
-        rest = asyncio.ensure_future(batcher.submit(list(range(1, 11)), deadline=far()))
-        await asyncio.sleep(0.05)
+        rest = asyncio.ensure_future(batcher.submit(list(range(1, 11)), deadline=far(clock)))
+        await until(lambda: batcher.depth == 10)
         session.release.set()
         await asyncio.gather(first, rest)
         batcher.close()
@@ -86,37 +105,34 @@ def test_batches_never_exceed_max_batch():
 
 def test_a_full_queue_refuses_at_once_with_retry_after():
     async def scenario():
-        session = FakeSession()
-        batcher = Batcher("m", session, max_batch=2, max_queue=3)
+        batcher, session, clock = batcher_on(max_batch=2, max_queue=3)
         session.hold()
-        first = asyncio.ensure_future(batcher.submit([0], deadline=far()))
+        first = asyncio.ensure_future(batcher.submit([0], deadline=far(clock)))
         await wait_running(session)
-        queued = asyncio.ensure_future(batcher.submit([1, 2], deadline=far()))
-        await asyncio.sleep(0)
-        started = time.monotonic()
+        queued = asyncio.ensure_future(batcher.submit([1, 2], deadline=far(clock)))
+        await until(lambda: batcher.depth == 2)
+        # Refused while the session is still held: the refusal cannot have waited for that batch.
         with pytest.raises(TooManyRequests) as refused:
-            await batcher.submit([3, 4], deadline=far())
-        refused_in = time.monotonic() - started
+            await batcher.submit([3, 4], deadline=far(clock))
+        assert not session.release.is_set()
         session.release.set()
         await asyncio.gather(first, queued)
         batcher.close()
-        return refused.value, refused_in, session.batches
+        return refused.value, session.batches
 
-    error, refused_in, batches = run(scenario())
+    error, batches = run(scenario())
     assert error.status == 429 and error.headers["Retry-After"] == "1"
     assert "at most 3 images waiting" in error.expected
-    assert refused_in < 0.5  # it did not wait for the running batch
     assert [3, 4] not in batches and 3 not in sum(batches, [])
 
 
 def test_items_that_cannot_meet_their_deadline_are_answered_503_without_running():
     async def scenario():
-        session = FakeSession(seconds_per_item=0.05)
-        batcher = Batcher("m", session, max_batch=8, max_queue=64)
-        await batcher.submit([1, 2], deadline=far())  # learns about 50 ms per item
+        batcher, session, clock = batcher_on(seconds_per_item=0.05, max_batch=8, max_queue=64)
+        await batcher.submit([1, 2], deadline=far(clock))  # learns 50 ms per item
         with pytest.raises(Unavailable) as late:
-            await batcher.submit([3], deadline=time.monotonic() + 0.01)
-        on_time = await batcher.submit([4], deadline=time.monotonic() + 5)
+            await batcher.submit([3], deadline=clock() + 0.04)
+        on_time = await batcher.submit([4], deadline=clock() + 0.06)
         batcher.close()
         return late.value, on_time, session.batches
 
@@ -127,14 +143,13 @@ def test_items_that_cannot_meet_their_deadline_are_answered_503_without_running(
 
 def test_a_request_that_went_away_is_dropped_before_it_runs():
     async def scenario():
-        session = FakeSession()
-        batcher = Batcher("m", session, max_batch=8, max_queue=64)
+        batcher, session, clock = batcher_on(max_batch=8, max_queue=64)
         session.hold()
-        first = asyncio.ensure_future(batcher.submit([1], deadline=far()))
+        first = asyncio.ensure_future(batcher.submit([1], deadline=far(clock)))
         await wait_running(session)
-        gone = asyncio.ensure_future(batcher.submit([2, 3], deadline=far()))
-        staying = asyncio.ensure_future(batcher.submit([4], deadline=far()))
-        await asyncio.sleep(0)
+        gone = asyncio.ensure_future(batcher.submit([2, 3], deadline=far(clock)))
+        staying = asyncio.ensure_future(batcher.submit([4], deadline=far(clock)))
+        await until(lambda: batcher.depth == 3)
         gone.cancel()  # what the route does when its client disconnects
         session.release.set()
         results = await asyncio.gather(first, staying)
@@ -147,16 +162,15 @@ def test_a_request_that_went_away_is_dropped_before_it_runs():
 
 def test_an_exception_fails_only_its_batch_and_the_batcher_goes_on():
     async def scenario():
-        session = FakeSession()
-        batcher = Batcher("m", session, max_batch=8, max_queue=64)
+        batcher, session, clock = batcher_on(max_batch=8, max_queue=64)
         session.hold()
-        blocker = asyncio.ensure_future(batcher.submit([1], deadline=far()))
+        blocker = asyncio.ensure_future(batcher.submit([1], deadline=far(clock)))
         await wait_running(session)
-        doomed = [asyncio.ensure_future(batcher.submit(items, deadline=far())) for items in (["bad"], [2])]
-        await asyncio.sleep(0)
+        doomed = [asyncio.ensure_future(batcher.submit(items, deadline=far(clock))) for items in (["bad"], [2])]
+        await until(lambda: batcher.depth == 2)
         session.release.set()
         outcomes = await asyncio.gather(blocker, *doomed, return_exceptions=True)
-        after = await batcher.submit([5], deadline=far())
+        after = await batcher.submit([5], deadline=far(clock))
         batcher.close()
         return outcomes, after
 
@@ -168,17 +182,15 @@ def test_an_exception_fails_only_its_batch_and_the_batcher_goes_on():
 
 def test_the_event_loop_runs_while_a_batch_does():
     async def scenario():
-        session = FakeSession()
-        batcher = Batcher("m", session, max_batch=8, max_queue=64)
+        batcher, session, clock = batcher_on(max_batch=8, max_queue=64)
         session.hold()
-        pending = asyncio.ensure_future(batcher.submit([1], deadline=far()))
-        await wait_running(session)
-        started = time.monotonic()
-        await asyncio.sleep(0.01)  # would block until release if the session ran on the loop
-        ticked = time.monotonic() - started
+        pending = asyncio.ensure_future(batcher.submit([1], deadline=far(clock)))
+        await wait_running(session)  # the loop got here while the batch is held mid-run
+        loop_thread = threading.get_ident()
         session.release.set()
         await pending
         batcher.close()
-        return ticked
+        return loop_thread, session.threads
 
-    assert run(scenario()) < 1.0
+    loop_thread, session_threads = run(scenario())
+    assert session_threads and loop_thread not in session_threads

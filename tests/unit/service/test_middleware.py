@@ -1,4 +1,5 @@
-"""The guard middleware around a slow stand-in app: 413 before and while reading, 429 at once."""
+"""The guard middleware around a stand-in app that can hold requests: 413 before and while reading,
+429 at once."""
 
 import asyncio
 
@@ -6,19 +7,29 @@ import httpx
 from starlette.responses import JSONResponse
 
 from graft.service.middleware import RequestGuard
+from tests.unit.service.conftest import until
 
 
-async def slow_app(scope, receive, send):
-    """Reads the whole body, waits, answers 200."""
-    while (await receive()).get("more_body"):
-        pass
-    await asyncio.sleep(0.3)
-    await JSONResponse({"ok": True})(scope, receive, send)
+class HeldApp:
+    """Reads the whole body, then answers 200 once `release` is set; counts the requests inside."""
+
+    def __init__(self, *, held: bool = False) -> None:
+        self.inside = 0
+        self.release = asyncio.Event()
+        if not held:
+            self.release.set()
+
+    async def __call__(self, scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        self.inside += 1
+        await self.release.wait()
+        await JSONResponse({"ok": True})(scope, receive, send)
 
 
-def guarded(**limits):
-    app = RequestGuard(slow_app, guarded=lambda path: path == "/classify", **limits)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+def guarded(app=None, **limits):
+    guard = RequestGuard(app or HeldApp(), guarded=lambda path: path == "/classify", **limits)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://test")
 
 
 def test_declared_oversize_body_gets_413_without_running_the_app():
@@ -51,8 +62,13 @@ def test_streamed_oversize_body_gets_413():
 
 def test_requests_beyond_the_concurrency_limit_get_429_at_once():
     async def run():
-        async with guarded(max_request_bytes=1000, max_concurrency=2) as client:
-            return await asyncio.gather(*(client.post("/classify", content=b"{}") for _ in range(4)))
+        app = HeldApp(held=True)
+        async with guarded(app, max_request_bytes=1000, max_concurrency=2) as client:
+            posts = [asyncio.ensure_future(client.post("/classify", content=b"{}")) for _ in range(4)]
+            # Two held inside the app, two already answered: the refusals did not wait for them.
+            await until(lambda: app.inside == 2 and sum(post.done() for post in posts) == 2)
+            app.release.set()
+            return await asyncio.gather(*posts)
 
     responses = asyncio.run(run())
     assert sorted(r.status_code for r in responses) == [200, 200, 429, 429]
