@@ -27,7 +27,7 @@ from graft.artifact.errors import GraftError
 from graft.artifact.image import ImageDecodeError
 from graft.artifact.manifest import MODEL_FILE, verify_model_hash
 from graft.artifact.store import is_store_tag
-from graft.service import logs
+from graft.service import bentoml_api, logs
 from graft.service.auth import Auth
 from graft.service.cache import ResultCache
 from graft.service.config import ConfigError, ServeConfig
@@ -187,6 +187,27 @@ class Graft:
             raise BadRequest(expected=f"a {task} model", got=f"{target.task} model {target.name!r}")
         return target
 
+    # BentoML's clients (`bentoml.SyncHTTPClient(url).classify(images=[Path("cat.jpg")], top_k=3)`)
+    # see only these methods; they answer as POST /classify and /embed do (`graft.service.bentoml_api`).
+    @bentoml.api(route=bentoml_api.ROUTES["classify"])
+    async def classify(
+        self, images: list[Path], top_k: bentoml_api.TopK = None, model: bentoml_api.ClassifyModel = "",
+        timeout_ms: bentoml_api.Timeout = None, *, ctx: bentoml.Context,
+    ) -> dict:
+        """Top-k labels for each image (softmax probabilities, best first), one list per image in order."""
+        return await bentoml_api.classify(ctx, images, top_k=top_k, model=model, timeout_ms=timeout_ms,
+                                          arrived=time.monotonic())
+
+    @bentoml.api(route=bentoml_api.ROUTES["embed"])
+    async def embed(
+        self, images: list[Path], model: bentoml_api.Model = "", normalize: bentoml_api.Normalize = True,
+        timeout_ms: bentoml_api.Timeout = None, encoding: bentoml_api.Encoding = "json",
+        dtype: bentoml_api.Dtype = "float32", *, ctx: bentoml.Context,
+    ) -> dict:
+        """One embedding per image, in order; L2-normalised unless normalize=false."""
+        return await bentoml_api.embed(ctx, images, model=model, normalize=normalize, timeout_ms=timeout_ms,
+                                       encoding=encoding, dtype=dtype, arrived=time.monotonic())
+
     async def run_images(
         self, engine: Engine, images: list[bytes], *, arrived: float | None = None, timeout_ms: int | None = None,
         max_images: int | None = None, field: str = "images", budget_per_chunk: bool = False,
@@ -282,6 +303,7 @@ Graft = bentoml.service(
 Graft.mount_asgi_app(build_app(), path="/")
 Graft.add_asgi_middleware(OpenAIErrors)  # before the guard, so that it wraps the guard's refusals
 Graft.add_asgi_middleware(
-    RequestGuard, guarded=guarded_paths(), max_request_bytes=CONFIG.max_request_bytes,
+    RequestGuard, guarded=guarded_paths(also=bentoml_api.ROUTES.values()), max_request_bytes=CONFIG.max_request_bytes,
     max_concurrency=CONFIG.max_concurrency,
 )
+Graft.add_asgi_middleware(bentoml_api.ClientRouteGuard, max_images=CONFIG.max_images)  # inside the guard's limits

@@ -24,7 +24,8 @@ from graft.service.endpoint import service, watched
 from graft.service.engine import Target
 from graft.service.errors import BadRequest
 
-ENCODINGS = ("json", "base64", "binary", "npy")
+JSON_ENCODINGS = ("json", "base64")
+ENCODINGS = (*JSON_ENCODINGS, "binary", "npy")
 DTYPES = ("float32", "float16")
 
 
@@ -38,6 +39,18 @@ async def embed_images(
     work = service().run_images(target.engine, images, arrived=arrived, timeout_ms=timeout_ms, field=field)
     vectors = target.outputs(await watched(request, work, target.name), ("embedding",))["embedding"]
     return l2_normalize(vectors) if normalize else vectors
+
+
+async def embed_request(
+    request: Request, images: list[bytes], *, model: str, normalize: bool, encoding: str, dtype: str,
+    timeout_ms: int | None, arrived: float,
+) -> tuple[str, np.ndarray]:
+    """`/embed`'s work for `images`, whichever way they came (a form or a BentoML client): the served
+    model's name and its embeddings, after checking the options before any image runs."""
+    check_encoding(encoding, dtype)
+    target = service().target(model)
+    vectors = await embed_images(request, target, images, normalize=normalize, arrived=arrived, timeout_ms=timeout_ms)
+    return target.name, vectors
 
 
 def _little_endian(vectors: np.ndarray, dtype: str) -> np.ndarray:
@@ -56,14 +69,18 @@ def check_encoding(encoding: str, dtype: str) -> None:
                          f"got {dtype}", expected="float32 with encoding=json", got=dtype)
 
 
-def embeddings_response(model: str, vectors: np.ndarray, *, normalized: bool, encoding: str, dtype: str) -> Response:
-    """`/embed`'s answer: `vectors` [N, D] in `encoding` (one of `ENCODINGS`) as `dtype`."""
+def embeddings_body(model: str, vectors: np.ndarray, *, normalized: bool, encoding: str, dtype: str) -> dict:
+    """`/embed`'s JSON answer: `vectors` [N, D] as numbers, or as base64 of `dtype` (`JSON_ENCODINGS`)."""
     summary = {"model": model, "dim": int(vectors.shape[1]), "normalized": normalized}
     if encoding == "json":
-        return JSONResponse({**summary, "embeddings": vectors.tolist()})
-    if encoding == "base64":
-        return JSONResponse({**summary, "encoding": "base64", "dtype": dtype,
-                             "embeddings": base64_rows(vectors, dtype)})
+        return {**summary, "embeddings": vectors.tolist()}
+    return {**summary, "encoding": "base64", "dtype": dtype, "embeddings": base64_rows(vectors, dtype)}
+
+
+def embeddings_response(model: str, vectors: np.ndarray, *, normalized: bool, encoding: str, dtype: str) -> Response:
+    """`/embed`'s answer: `vectors` [N, D] in `encoding` (one of `ENCODINGS`) as `dtype`."""
+    if encoding in JSON_ENCODINGS:
+        return JSONResponse(embeddings_body(model, vectors, normalized=normalized, encoding=encoding, dtype=dtype))
     array = _little_endian(vectors, dtype)
     headers = {"Graft-Model": model, "Graft-Shape": ",".join(map(str, array.shape)), "Graft-Dtype": dtype,
                "Graft-Normalized": str(normalized).lower()}

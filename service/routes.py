@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -63,37 +63,46 @@ def _top_k(target: Target, results: list[dict], k: int, *, asked: bool) -> dict:
     return {"model": target.name, "top_k": returned, "top_k_capped": asked and k > returned, "predictions": predictions}
 
 
-async def classify(request: Request) -> Response:
-    arrived = time.monotonic()
+async def classify_images(
+    request: Request, images: list[bytes], *, model: str, top_k: int | None, timeout_ms: int | None, arrived: float,
+) -> dict:
+    """`/classify`'s answer for `images`, whichever way they came: a form or a BentoML client
+    (`graft.service.bentoml_api`). `top_k` None: the default, not asked for; `model` may name several
+    heads on one backbone, comma-separated."""
     graft = service()
-    form = await read_form(request, CLASSIFY_FIELDS, max_images=graft.config.max_images)
-    names = [name.strip() for name in form.options["model"].split(",")]
-    targets = [graft.target(name, "classifier") for name in names]
+    targets = [graft.target(name.strip(), "classifier") for name in model.split(",")]
     engine = targets[0].engine
     if any(target.engine is not engine for target in targets):
         raise BadRequest(expected="models (heads) on one backbone when several are named",
                          got=", ".join(f"{t.name} on {t.engine.name}" for t in targets))
-    results = await watched(
-        request, graft.run_images(engine, form.images, arrived=arrived, timeout_ms=form.options["timeout_ms"]),
-        targets[0].name,
-    )
+    results = await watched(request, graft.run_images(engine, images, arrived=arrived, timeout_ms=timeout_ms),
+                            targets[0].name)
+    k, asked = top_k or CLASSIFY_FIELDS["top_k"].default, top_k is not None
     if len(targets) == 1:
-        return JSONResponse(_top_k(targets[0], results, form.options["top_k"], asked="top_k" in form.sent))
+        return _top_k(targets[0], results, k, asked=asked)
     # Several heads on one backbone: each image ran through the backbone once, for all of them.
-    asked = "top_k" in form.sent
-    return JSONResponse({"models": {t.name: _top_k(t, results, form.options["top_k"], asked=asked) for t in targets}})
+    return {"models": {t.name: _top_k(t, results, k, asked=asked) for t in targets}}
+
+
+async def classify(request: Request) -> Response:
+    arrived = time.monotonic()
+    form = await read_form(request, CLASSIFY_FIELDS, max_images=service().config.max_images)
+    options = form.options
+    return JSONResponse(await classify_images(
+        request, form.images, model=options["model"], top_k=options["top_k"] if "top_k" in form.sent else None,
+        timeout_ms=options["timeout_ms"], arrived=arrived,
+    ))
 
 
 async def embed(request: Request) -> Response:
     arrived = time.monotonic()
-    graft = service()
-    form = await read_form(request, EMBED_FIELDS, max_images=graft.config.max_images)
+    form = await read_form(request, EMBED_FIELDS, max_images=service().config.max_images)
     options = form.options
-    embeddings.check_encoding(options["encoding"], options["dtype"])
-    target = graft.target(options["model"])
-    vectors = await embeddings.embed_images(request, target, form.images, normalize=options["normalize"],
-                                            arrived=arrived, timeout_ms=options["timeout_ms"])
-    return embeddings.embeddings_response(target.name, vectors, normalized=options["normalize"],
+    name, vectors = await embeddings.embed_request(
+        request, form.images, model=options["model"], normalize=options["normalize"], encoding=options["encoding"],
+        dtype=options["dtype"], timeout_ms=options["timeout_ms"], arrived=arrived,
+    )
+    return embeddings.embeddings_response(name, vectors, normalized=options["normalize"],
                                           encoding=options["encoding"], dtype=options["dtype"])
 
 
@@ -149,6 +158,8 @@ BENTOML_ROUTES = {
     "/livez": "200 while the process is alive.",
     "/readyz": "200 once every model is loaded and warmed; 503 before, and while shutting down.",
     "/healthz": "BentoML's alias of /livez.",
+    "/schema.json": "The endpoints BentoML's clients (bentoml.SyncHTTPClient, AsyncHTTPClient) call: classify and "
+                    "embed, answering as /classify and /embed do.",
     "/metrics": "Prometheus metrics: graft_stage_duration_seconds, graft_batch_size, graft_queue_depth, "
                 "graft_shed_images, and BentoML's request metrics.",
 }
@@ -197,10 +208,10 @@ def _paths(endpoint: Endpoint) -> set[str]:
     return {endpoint.path, endpoint.path.rstrip("/") + "/"}
 
 
-def guarded_paths() -> Callable[[str], bool]:
-    """Whether a path belongs to a guarded endpoint: a set lookup for fixed paths, a pattern only
-    for templated ones (`/v2/models/{model}/infer`)."""
-    fixed, patterns = set(), []
+def guarded_paths(also: Iterable[str] = ()) -> Callable[[str], bool]:
+    """Whether a path belongs to a guarded endpoint (or is one of `also`): a set lookup for fixed
+    paths, a pattern only for templated ones (`/v2/models/{model}/infer`)."""
+    fixed, patterns = set(also), []
     for endpoint in ENDPOINTS:
         if not endpoint.guarded:
             continue
@@ -212,17 +223,22 @@ def guarded_paths() -> Callable[[str], bool]:
     return lambda path: path in fixed or any(pattern.match(path) for pattern in patterns)
 
 
+def check_access(access: str, request: Request) -> None:
+    """Refuse `request` unless it meets `access` (an `Endpoint.access`): the admin token, an API key."""
+    auth = service().auth
+    if access == "admin":
+        auth.require_admin(request.headers.get("authorization"))
+    elif access == "api":
+        auth.require_api_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+
 def _checking_access(endpoint: Endpoint) -> Handler:
     """`endpoint`'s handler behind its access rule: the admin token, an API key, or none."""
     if endpoint.access == "public":
         return endpoint.handler
 
     async def handler(request: Request) -> Response:
-        auth = service().auth
-        if endpoint.access == "admin":
-            auth.require_admin(request.headers.get("authorization"))
-        else:
-            auth.require_api_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        check_access(endpoint.access, request)
         return await endpoint.handler(request)
 
     return handler
