@@ -14,7 +14,7 @@ import hashlib
 import json
 import sys
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -35,18 +35,23 @@ def _key(schema: dict) -> str:
     return json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
 
-def _strip(schema: dict) -> dict:
-    out = {key: value for key, value in schema.items() if key != "description"}
+def map_subschemas(schema: dict, change: Callable[[dict], dict]) -> dict:
+    """A copy of `schema` with `change` applied to each schema directly inside it (see `subschemas`)."""
+    out = dict(schema)
     for key in _SCHEMA_MAPS:
         if key in out:
-            out[key] = {name: _strip(sub) for name, sub in out[key].items()}
+            out[key] = {name: change(sub) for name, sub in out[key].items()}
     for key in _SCHEMA_LISTS:
         if key in out:
-            out[key] = [_strip(sub) for sub in out[key]]
+            out[key] = [change(sub) for sub in out[key]]
     for key in _SCHEMA_VALUES:
         if isinstance(out.get(key), dict):
-            out[key] = _strip(out[key])
+            out[key] = change(out[key])
     return out
+
+
+def _strip(schema: dict) -> dict:
+    return map_subschemas({key: value for key, value in schema.items() if key != "description"}, _strip)
 
 
 def share_repeats(schema: dict) -> dict:
@@ -69,17 +74,7 @@ def share_repeats(schema: dict) -> dict:
                 defs[name] = {}  # reserved before recursing: a repeat nested in itself is still one entry
                 defs[name] = rewrite(sub, top=True)
             return {"$ref": f"#/$defs/{name}"}
-        out = dict(sub)
-        for field in _SCHEMA_MAPS:
-            if field in out:
-                out[field] = {name: rewrite(child) for name, child in out[field].items()}
-        for field in _SCHEMA_LISTS:
-            if field in out:
-                out[field] = [rewrite(child) for child in out[field]]
-        for field in _SCHEMA_VALUES:
-            if isinstance(out.get(field), dict):
-                out[field] = rewrite(out[field])
-        return out
+        return map_subschemas(sub, rewrite)
 
     shared = rewrite(schema, top=True)
     if defs:
