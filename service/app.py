@@ -232,7 +232,7 @@ class Graft:
         """
         self._admit(len(images), max_images or self.config.max_images)
         limit = self._budget_ms(timeout_ms)
-        deadline = (time.monotonic() if arrived is None else arrived) + limit / 1000
+        deadline = deadline_after(limit, start=arrived)
         chunk = self.config.max_batch_size
         keys, results = await self.cache.lookup(engine.name, engine.manifest.version, images, self.decoder)
         misses = [position for position, result in enumerate(results) if result is None]
@@ -272,7 +272,7 @@ class Graft:
         """Run already-preprocessed float32 [N, 3, H, W] inputs through `engine`'s batcher, within
         GRAFT_MAX_LATENCY_MS of the request's arrival."""
         self._admit(len(batch), self.config.max_images)
-        return await engine.infer(list(batch), deadline=arrived + self.config.max_latency_ms / 1000)
+        return await engine.infer(list(batch), deadline=deadline_after(self._budget_ms(None), start=arrived))
 
     def _admit(self, count: int, max_images: int) -> None:
         """Refuse work while not ready (503) and requests with too many images (400)."""

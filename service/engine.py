@@ -60,9 +60,9 @@ class Engine:
         self.batcher.close()
 
 
-def deadline_after(milliseconds: float) -> float:
-    """A `time.monotonic()` deadline `milliseconds` from now."""
-    return time.monotonic() + milliseconds / 1000
+def deadline_after(milliseconds: float, *, start: float | None = None) -> float:
+    """A `time.monotonic()` deadline `milliseconds` after `start` (a request's arrival; default: now)."""
+    return (time.monotonic() if start is None else start) + milliseconds / 1000
 
 
 @dataclass(frozen=True)
