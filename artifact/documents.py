@@ -3,7 +3,6 @@ read and write a frozen pydantic dataclass, with errors of the document's own ty
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
@@ -11,10 +10,14 @@ from pydantic import TypeAdapter, ValidationError
 
 from graft.artifact.errors import GraftError
 
+_ADAPTERS: dict[type, TypeAdapter] = {}
 
-@functools.cache
+
 def _adapter(cls: type) -> TypeAdapter:
-    return TypeAdapter(cls)
+    """One TypeAdapter per document class (building one compiles its schema)."""
+    if cls not in _ADAPTERS:
+        _ADAPTERS[cls] = TypeAdapter(cls)
+    return _ADAPTERS[cls]
 
 
 class JsonDocument:

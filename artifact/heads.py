@@ -292,7 +292,7 @@ def write_head(directory: str | Path, head: Head, *, overwrite: bool = False) ->
     # Checked again before the swap: another writer may have finished meanwhile.
     with atomic_directory(out, before_swap=lambda: _check_replaceable(out, overwrite)) as tmp:
         buffer = io.BytesIO()
-        np.savez(buffer, **head.arrays)
+        np.savez(buffer, allow_pickle=False, **head.arrays)
         (tmp / WEIGHTS_FILE).write_bytes(buffer.getvalue())
         (tmp / HEAD_FILE).write_text(head.spec.to_json())
     return out

@@ -94,8 +94,7 @@ def decode_image(
             if min_side is not None and image.format == "JPEG":
                 image.draft("RGB", (min_side, min_side))
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+            return _to_rgb(ImageOps.exif_transpose(image))
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as error:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from annotated_types import Ge
 from pydantic import BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from graft.artifact.errors import GraftError
@@ -33,11 +34,14 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+def split_list(text: str) -> tuple[str, ...]:
+    """`a, b,,c` (or one per line) -> ("a", "b", "c")."""
+    return tuple(item.strip() for item in re.split(r"[,\n]", text) if item.strip())
+
+
 def _split(value: Any) -> Any:
-    """`a, b,,c` (or one per line) -> ("a", "b", "c"); anything else is left to the field's type."""
-    if isinstance(value, str):
-        return tuple(item.strip() for item in re.split(r"[,\n]", value) if item.strip())
-    return value
+    """A string split as `split_list`; anything else is left to the field's type."""
+    return split_list(value) if isinstance(value, str) else value
 
 
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split)]
@@ -92,7 +96,7 @@ class RuntimeSettings(BaseSettings):
             raise ConfigError("; ".join(self._explain(e) for e in error.errors())) from None
 
     @classmethod
-    def _explain(cls, error: dict) -> str:
+    def _explain(cls, error: ErrorDetails) -> str:
         """One pydantic error as "expected GRAFT_X to be ..., got ..."."""
         cause = error.get("ctx", {}).get("error")
         if isinstance(cause, ConfigError):  # raised by a validator, already worded

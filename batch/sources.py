@@ -55,7 +55,7 @@ def _hidden(name: str) -> bool:
 
 
 def _walk(root: Path) -> list[str]:
-    files = []
+    files: list[str] = []
     # Symlinked folders are not followed: a link back up the tree would make the walk endless.
     for folder, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if not _hidden(d)]

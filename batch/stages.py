@@ -45,6 +45,8 @@ def decode(
     Any other columns are passed through.
     """
     column = bytes_column or path_column
+    if column is None:
+        raise ValueError("expected bytes_column or path_column, got neither")
     count = len(batch[column])
     height, width = spec.input_size
     pixels = np.zeros((count, height, width, 3), np.uint8)

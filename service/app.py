@@ -67,7 +67,7 @@ def preflight(config: ServeConfig) -> None:
         pick_default(models, config.default_model)
         for model in models.values():
             verify_model_hash(model.directory, model.manifest)
-            open_session(model.directory / MODEL_FILE)
+            open_session(model.directory / MODEL_FILE, optimize=False)  # this process only checks
         load_heads(config, {name: model.manifest for name, model in models.items()})
         if config.admin_token and config.heads_dir is None:
             log.warning("GRAFT_ADMIN_TOKEN is set but GRAFT_HEADS_DIR is not: POST /heads answers 501 until a "
@@ -98,7 +98,7 @@ if bentoml.server_context.worker_index is None:
     preflight(CONFIG)
 
 
-class Graft:
+class Worker:
     """One worker: every model's session and batcher, the heads, auth and the decode pool. Models
     are verified before any worker starts (`preflight`); each worker warms every batch bucket in the
     background (`/readyz` is 503 until done), then serves."""
@@ -251,7 +251,7 @@ class Graft:
             results[position] = result
             if self.cache.enabled:
                 self.cache.put(keys[position], result)
-        return results
+        return [result for result in results if result is not None]  # every miss was computed
 
     async def _prepare(self, engine: Engine, images: list[bytes], positions: list[int], field: str) -> list[np.ndarray]:
         """The model inputs of `images` at `positions`, decoded in the thread pool."""
@@ -289,7 +289,7 @@ class Graft:
 # and BentoML resolves them before the server starts (directories are the operator's to provide).
 for index, reference in enumerate(split_reference(ref)[1] for ref in CONFIG.models):
     if is_store_tag(reference):
-        setattr(Graft, f"bundled_model_{index}", bentoml.models.BentoModel(reference))
+        setattr(Worker, f"bundled_model_{index}", bentoml.models.BentoModel(reference))
 
 Graft = bentoml.service(
     name="graft", workers=CONFIG.workers, traffic={"timeout": 120},
@@ -299,7 +299,7 @@ Graft = bentoml.service(
     # OpenTelemetry makes three spans per request even when nothing exports them, the largest cost
     # of answering a 429; graft's routes are traced only when asked (GRAFT_TRACING=1).
     tracing={} if CONFIG.tracing else {"excluded_urls": [".*"]},
-)(Graft)
+)(Worker)
 Graft.mount_asgi_app(build_app(), path="/")
 Graft.add_asgi_middleware(OpenAIErrors)  # before the guard, so that it wraps the guard's refusals
 Graft.add_asgi_middleware(

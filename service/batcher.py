@@ -75,7 +75,7 @@ class Batcher:
         self._clock = clock
         self._observer = observer or BatchObserver()
         self._queue: deque[_Item] = deque()
-        self._ready: asyncio.Event | None = None
+        self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"graft-batch-{name}")
         # Seconds per item of a batch, a moving average over finished batches; 0 until the first
@@ -124,6 +124,7 @@ class Batcher:
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
+            # A fresh event for the loop the task runs on (an event binds to the first loop that waits).
             self._ready = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"graft-batcher-{self.name}")
 

@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
@@ -30,7 +30,7 @@ def _tuning() -> dict[str, FieldInfo]:
 
 def _parser(field: FieldInfo):
     """An argparse type validating a flag as its setting would, refused in graft's words."""
-    adapter = TypeAdapter(Annotated[field.annotation, field])
+    adapter: TypeAdapter[Any] = TypeAdapter(Annotated[field.annotation, field])  # type: ignore[arg-type]  # a type built at run time
 
     def parse(text: str):
         try:

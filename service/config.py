@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from graft.artifact.settings import CommaList, ConfigError, RuntimeSettings, env_name
+from graft.artifact.settings import CommaList, ConfigError, RuntimeSettings, env_name, split_list
 
 __all__ = ["ConfigError", "ServeConfig"]
 
@@ -26,7 +26,7 @@ SECRETS = ("admin_token", "api_keys")
 """Settings that may also come from the file `GRAFT_<NAME>_FILE` names (a mounted secret)."""
 
 
-def _built_models() -> str:
+def _built_models() -> tuple[str, ...]:
     """The models a Bento was built with (`bentoml build --arg models=...`), else the default.
 
     NOTE: Bento arguments travel inside the Bento and BentoML restores them wherever it loads one
@@ -35,7 +35,7 @@ def _built_models() -> str:
     """
     import bentoml
 
-    return str(getattr(bentoml.use_arguments(), "models", "") or DEFAULT_MODELS)
+    return split_list(str(getattr(bentoml.use_arguments(), "models", "") or DEFAULT_MODELS))
 
 
 def _default_max_pixels() -> int:

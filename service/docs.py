@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Iterable
+from typing import Any, Iterable
 
 from graft import __version__
 from graft.service.schemas import ErrorBody
@@ -53,7 +53,7 @@ def openapi_spec(endpoints: Iterable, extra_routes: dict[str, str], *, server: s
         elif endpoint.request is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": _ref(endpoint.request, schemas)}}}
-        success = {"description": "Created" if endpoint.status == 201 else "OK"}
+        success: dict[str, Any] = {"description": "Created" if endpoint.status == 201 else "OK"}
         if endpoint.response is not None:
             success["content"] = {"application/json": {"schema": _ref(endpoint.response, schemas)}}
         operation["responses"][str(endpoint.status)] = success

@@ -221,10 +221,10 @@ class HeadStore:
         """
         name = head.name
         with self._lock:
-            self.check_put(name, backbone, overwrite=overwrite)
+            target = self.check_put(name, backbone, overwrite=overwrite)
             head.check_backbone(self._backbones[backbone])
             try:
-                path = write_head(self.directory / name, head, overwrite=overwrite)
+                path = write_head(target, head, overwrite=overwrite)
             except HeadExists:  # on disk but not served: another worker wrote it since this one started
                 raise Conflict(expected=f"a new head name, or overwrite=true to replace head {name}",
                                got=f"{name}, which exists on disk") from None
@@ -265,8 +265,9 @@ class HeadStore:
             raise NotFound(expected=f"a served head ({known})", got=repr(name))
         return served
 
-    def check_put(self, name: str, backbone: str, *, overwrite: bool) -> None:
-        """Everything `put` would refuse, checked before the costly part (embedding, fitting).
+    def check_put(self, name: str, backbone: str, *, overwrite: bool) -> Path:
+        """Everything `put` would refuse, checked before the costly part (embedding, fitting); returns
+        the head's directory.
 
         `put` checks again under its lock: another request may have taken the name meanwhile.
 
@@ -294,6 +295,7 @@ class HeadStore:
         if not exists and len(self._served) >= self.max_heads:
             raise BadRequest(expected=f"at most {self.max_heads} heads (GRAFT_MAX_HEADS); delete one first",
                              got=f"a request for head number {len(self._served) + 1}")
+        return self.directory / name
 
 
 def _stamp(directory: Path) -> tuple[int, int, int]:

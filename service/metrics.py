@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from graft.service.batcher import BatchObserver
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge, Histogram
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
 class Metrics:
-    stage_seconds: object  # Histogram, labels: stage, model
-    batch_size: object  # Histogram, labels: model
-    queue_depth: object  # Gauge, labels: model
-    shed: object  # Counter, labels: reason, model
-    cache_lookups: object  # Counter, labels: result (hit, miss), model
+    stage_seconds: Histogram  # labels: stage, model
+    batch_size: Histogram  # labels: model
+    queue_depth: Gauge  # labels: model
+    shed: Counter  # labels: reason, model
+    cache_lookups: Counter  # labels: result (hit, miss), model
 
     def observe_stage(self, stage: str, model: str, seconds: float) -> None:
         self.stage_seconds.labels(stage=stage, model=model).observe(seconds)

@@ -290,7 +290,7 @@ def parse_infer_request(body: bytes, header_length: str | int | None = None) -> 
             repr(binary_output))
 
     specs = document.get("inputs")
-    _expect(isinstance(specs, list) and specs, "'inputs'", "a non-empty list", repr(specs)[:80])
+    _expect(isinstance(specs, list) and bool(specs), "'inputs'", "a non-empty list", repr(specs)[:80])
     binary = memoryview(body)[json_size:]
     offset = 0
     inputs = []
@@ -380,7 +380,7 @@ def encode_infer_response(
             labels = model.labels if want.name in LABELLED_OUTPUTS else ()
             rows = classifications(values, want.class_count, labels)
             shape = [values.shape[0], min(want.class_count, values.shape[-1])]
-            entry = {"name": want.name, "datatype": "BYTES", "shape": shape}
+            entry: dict[str, Any] = {"name": want.name, "datatype": "BYTES", "shape": shape}
             flat = [text for row in rows for text in row]
             raw = b"".join(_LENGTH.pack(len(b)) + b for b in (text.encode() for text in flat))
         else:
@@ -473,6 +473,7 @@ def _input(spec: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int
     if "shared_memory_region" in parameters:
         raise _refusal(where, "data in the request (shared memory is not supported)",
                        "shared_memory_region")
+    data: np.ndarray | list[str] | list[bytes]
     if size is None:
         _expect("data" in spec, where, "'data' or parameters.binary_data_size", "neither")
         data = _json_data(spec["data"], datatype, count, where)

@@ -89,7 +89,9 @@ def _measured() -> dict[str, oip.ModelStatistics]:
     figures: dict[str, dict[tuple[str, str, str], float]] = defaultdict(lambda: defaultdict(float))
     for family in families:
         field = fields.get(family.name)
-        for sample in family.samples if field else ():
+        if field is None:
+            continue
+        for sample in family.samples:
             key = (field, sample.labels.get("stage", ""), sample.name.removeprefix(family.name))
             figures[sample.labels["model"]][key] += sample.value
     return {model: _statistics(values) for model, values in figures.items()}
