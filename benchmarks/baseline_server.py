@@ -33,6 +33,7 @@ def load_model(artifact: Path) -> tuple[Backbone, Manifest]:
     on this machine, else the backbone's pretrained (or random) weights; head sized to its labels."""
     manifest = read_manifest(artifact)
     source = Path(manifest.weights.source)
+    weights: Path | str
     if source.is_file():
         weights = source
     else:

@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from graft.argtypes import non_negative_int, positive
 
@@ -67,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     service.set_defaults(handler=run_service)
     register_batch(what)
     register_heads(what)
+    register_memory(what)
 
 
 def _finish(result: dict, out: Path, plots: list[Path]) -> None:
@@ -176,7 +178,7 @@ def run_batch(args: argparse.Namespace) -> int:
             shutil.copyfile(unique[i % len(unique)], collection / f"{i:06d}-{unique[i % len(unique)].name}")
     out, env = results_dir(args.out), environment()
     blobs = [p.read_bytes() for p in unique]
-    rounds = []
+    rounds: list[dict[str, Any]] = []
     for round_ in range(args.repeat):  # ceiling and job back to back, so both see the same machine load
         load_start = os.getloadavg()
         ceiling = pipeline_ceiling(args.model, blobs, seconds=args.seconds)
@@ -265,6 +267,50 @@ def run_heads(args: argparse.Namespace) -> int:
         argv.append("***" if secret_next else f"{option}=***" if option in SECRET_OPTIONS and "=" in arg else arg)
         secret_next = arg in SECRET_OPTIONS
     result = {**result, "command": shlex.join(["graft", *argv]), "environment": env}
+    write_json(out / "results.json", result)
+    text = markdown(result)
+    (out / "results.md").write_text(text)
+    logger.info("results: %s (results.json, results.md)", out)
+    print(text)
+    return 0
+
+
+def register_memory(what: argparse._SubParsersAction) -> None:
+    """`graft bench memory`: the server's process tree's memory at idle and under closed-loop load."""
+    memory = what.add_parser(
+        "memory", help="RSS/USS/PSS of every process of graft serve, idle and under load",
+        description="Start `graft serve --model MODEL` (or sample a running server: --url and --pid), sample "
+        "its whole process tree idle, then under closed-loop /classify clients; report per process.",
+    )
+    memory.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="artifact served (default: %(default)s)")
+    memory.add_argument("--url", help="a running graft service (loopback only); needs --pid")
+    memory.add_argument("--pid", type=positive(int), help="the running server's main process (its supervisor)")
+    memory.add_argument("--clients", type=positive(int), default=16, help="closed-loop clients (default: %(default)s)")
+    memory.add_argument("--seconds", type=positive(float), default=600.0, help="seconds of load (default: %(default)s)")
+    memory.add_argument("--idle-seconds", type=positive(float), default=5.0,
+                        help="seconds sampled idle before the load (default: %(default)s)")
+    memory.add_argument("--interval", type=positive(float), default=1.0, help="seconds between samples (default: %(default)s)")
+    memory.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
+    memory.set_defaults(handler=run_memory)
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    from graft.benchmarks.memory_bench import bench_memory, markdown
+    from graft.benchmarks.report import environment, results_dir, write_json
+    from graft.benchmarks.service_bench import Server, free_port, graft_argv
+
+    if (args.url is None) != (args.pid is None):
+        raise SystemExit("graft bench memory: expected --url and --pid together (a running server), got one of them")
+    out, env = results_dir(args.out), environment()
+    figures = dict(clients=args.clients, seconds=args.seconds, idle_seconds=args.idle_seconds, interval=args.interval)
+    if args.url:
+        result = bench_memory(args.url, args.pid, out, **figures)
+    else:
+        port = free_port()
+        with Server("graft", graft_argv(args.model, port), port, out / "graft-server.log") as server:
+            result = bench_memory(server.url, server.pid, out, **figures)
+    env["load_average_end"] = os.getloadavg()
+    result = {**result, "command": shlex.join(["graft", *sys.argv[1:]]), "environment": env}
     write_json(out / "results.json", result)
     text = markdown(result)
     (out / "results.md").write_text(text)

@@ -58,7 +58,7 @@ def _git_commit() -> str | None:
 
 def environment() -> dict:
     """Hardware, versions and machine load at the time of the run."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in PACKAGES:
         try:
             versions[package] = metadata.version(package)

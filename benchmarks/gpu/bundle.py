@@ -15,6 +15,7 @@ import shutil
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 PIECE = re.compile(r"^graft-gpu-(?P<id>[0-9a-f]{16})\.tar\.xz\.(?P<k>\d+)of(?P<n>\d+)$")
 
@@ -80,7 +81,7 @@ def gather(sources: list[Path], target: Path) -> dict[str, dict[str, object]]:
             for path in source.iterdir():
                 if PIECE.match(path.name):
                     shutil.move(str(path), target / path.name)
-    bundles: dict[str, dict[str, object]] = {}
+    bundles: dict[str, dict[str, Any]] = {}
     for path in sorted(target.iterdir()):
         if match := PIECE.match(path.name):
             entry = bundles.setdefault(match["id"], {"count": int(match["n"]), "have": [], "mtime": 0.0})

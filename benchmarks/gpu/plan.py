@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ class Plan:
     def from_json(cls, text: str) -> Plan:
         data = json.loads(text)
         data["targets"] = Targets(**data["targets"])
-        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+        values: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+        return cls(**values)
 
     def stages(self) -> list[Stage]:
         """Install first (nothing runs without it), then the figures in order of value."""

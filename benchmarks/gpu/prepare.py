@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import bundle
 from plan import split_key
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         resolved = download(runtime, downloads / "wheels", args.python_version)
         wheels = {"wheels": [w for w in resolved if _wheel_name(w) not in present],
                   "build": download(build, downloads / "build", args.python_version)}
-    index = {name: [path.name for path in paths] for name, paths in wheels.items()}
+    index: dict[str, Any] = {name: [path.name for path in paths] for name, paths in wheels.items()}
     index["artifacts"] = {key: bundle.sha256(directory / "manifest.json") for key, directory in artifacts.items()}
     record = args.bundle / "bundle.json"
     previous = json.loads(record.read_text()) if record.is_file() else {}

@@ -21,6 +21,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import bundle
 from plan import PLANS, Plan, Stage
@@ -107,7 +108,7 @@ def write_report(out: Path, report: dict, stages_dir: Path) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     targets = [t for s in report["stages"] for t in s["result"].get("targets", [])]
     verdict = {None: "n/a", True: "met", False: "MISSED"}
-    sessions = next((s["result"].get("sessions", []) for s in report["stages"] if s["name"] == "device"), [])
+    sessions: list[dict] = next((s["result"].get("sessions", []) for s in report["stages"] if s["name"] == "device"), [])
     tensorrt = any(s.get("got", [""])[0] == "TensorrtExecutionProvider" for s in sessions)
     lines = [
         f"# GPU run on {report['device']}",
@@ -146,13 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     plan_file.write_text(plan.to_json())
     selected = set(args.stages.split(",")) if args.stages else None
     started = time.monotonic()
-    report = {"device": "unknown (the device stage did not say)", "plan": dataclasses.asdict(plan),
+    report: dict[str, Any] = {"device": "unknown (the device stage did not say)", "plan": dataclasses.asdict(plan),
               "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "command": shlex.join(["benchmarks/gpu/run.sh", *(sys.argv[1:] if argv is None else argv)]), "stages": []}
     for stage in plan.stages():
         # What a stage stopped at its limit may still take to stop is part of the budget too.
         left = plan.budget_s - (time.monotonic() - started) - REPORT_RESERVE_S - STOP_GRACE_S
         limit = min(stage.limit_s, left)
+        entry: dict[str, Any]
         if selected is not None and stage.name not in selected:
             entry = {"name": stage.name, "status": "skipped", "reason": "not in --stages"}
         elif limit < MIN_STAGE_S:

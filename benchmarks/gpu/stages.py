@@ -288,6 +288,8 @@ def tests(ctx: Context) -> None:
     done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={junit}",
                            *files], cwd=REPO)
     suite = ElementTree.parse(junit).getroot().find("testsuite")
+    if suite is None:
+        raise StageFailed(f"pytest -m gpu exited {done.returncode} and wrote no test suite to {junit.name}")
     counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
     failing = [f"{case.get('classname')}.{case.get('name')}" for case in suite.iter("testcase")
                if case.find("failure") is not None or case.find("error") is not None]
