@@ -18,12 +18,14 @@ from pydantic.dataclasses import dataclass
 from graft.artifact.documents import JsonDocument
 from graft.artifact.errors import GraftError
 from graft.artifact.preprocessing import PreprocessingSpec
+from graft.artifact.text import TextSpec
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 
 Task = Literal["classifier", "embedder"]
+Modality = Literal["image", "text"]
 
 
 class ManifestError(GraftError, ValueError):
@@ -36,16 +38,21 @@ class TensorSpec:
 
     name: str
     shape: tuple[int | None, ...]
-    dtype: Literal["float32", "float16"] = "float32"
+    dtype: Literal["float32", "float16", "int64"] = "float32"
 
 
 @dataclass(frozen=True)
 class IOSpec:
-    """The graph's inputs and outputs. Axis 0 of every tensor is the dynamic batch axis."""
+    """The graph's inputs and outputs. Axis 0 of every tensor is the dynamic batch axis.
+
+    An image model takes one float32 NCHW `input`; a text model (`layout` "tokens") takes int64
+    token ids [N, L] as `input` and the attention `mask` [N, L] beside it.
+    """
 
     input: TensorSpec
     outputs: tuple[TensorSpec, ...]
-    layout: Literal["NCHW"] = "NCHW"
+    layout: Literal["NCHW", "tokens"] = "NCHW"
+    mask: TensorSpec | None = None
 
     def output(self, name: str) -> TensorSpec:
         for spec in self.outputs:
@@ -97,7 +104,6 @@ class Manifest(JsonDocument):
     task: Task
     backbone: str
     created_at: str
-    preprocessing: PreprocessingSpec
     io: IOSpec
     embedding_dim: Annotated[int, Field(gt=0)]
     weights: WeightsInfo
@@ -107,6 +113,11 @@ class Manifest(JsonDocument):
     producer: dict[str, str] = Field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     precision: Literal["fp32", "fp16"] = "fp32"
+    modality: Modality = "image"
+    preprocessing: PreprocessingSpec | None = None
+    """Image models: how an image becomes the input."""
+    text: TextSpec | None = None
+    """Text models: how a string becomes the input (the tokenizer file ships in the artifact)."""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -135,15 +146,43 @@ class Manifest(JsonDocument):
                 )
         elif "logits" in names or self.labels:
             raise ValueError("expected an embedder to have no 'logits' output and no labels")
+        if self.modality == "text":
+            self._check_text_io()
+            return
+        if self.preprocessing is None or self.text is not None or self.io.layout != "NCHW" or self.io.mask:
+            raise ValueError("expected an image model to have a preprocessing block, NCHW input and no text block")
         expected_input = (None, 3, *self.preprocessing.input_size)
         if tuple(self.io.input.shape) != expected_input:
             raise ValueError(
                 f"expected input shape {expected_input} from preprocessing, got {self.io.input.shape}"
             )
 
+    def _check_text_io(self) -> None:
+        if self.text is None or self.preprocessing is not None:
+            raise ValueError("expected a text model to have a text block and no image preprocessing")
+        if self.io.layout != "tokens" or self.io.mask is None:
+            raise ValueError(f"expected a text model's io to be 'tokens' with a mask, got {self.io.layout!r}")
+        for spec in (self.io.input, self.io.mask):
+            if spec.dtype != "int64" or tuple(spec.shape) != (None, None):
+                raise ValueError(f"expected int64 [N, L] token inputs, got {spec.name} {spec.dtype} {spec.shape}")
+
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def image_spec(self) -> PreprocessingSpec:
+        """The image preprocessing block; `ManifestError` for a text model."""
+        if self.preprocessing is None:
+            raise ManifestError(f"expected an image model, got the {self.modality} model {self.name!r}")
+        return self.preprocessing
+
+    @property
+    def text_spec(self) -> TextSpec:
+        """The text block; `ManifestError` for an image model."""
+        if self.text is None:
+            raise ManifestError(f"expected a text model, got the {self.modality} model {self.name!r}")
+        return self.text
 
 
 def sha256_file(path: str | Path) -> str:

@@ -150,7 +150,7 @@ class Infer:
         outputs = {}
         if ok.any():
             pixels = np.ascontiguousarray(batch[PIXELS][ok])
-            outputs = self.runner.infer(normalize(pixels, self.manifest.preprocessing))
+            outputs = self.runner.infer(normalize(pixels, self.manifest.image_spec))
         if self.task == EMBED:
             columns["embedding"] = self._embeddings(outputs, ok)
         else:

@@ -199,7 +199,7 @@ def bench_models(
     plans = []
     for backbone in backbones:
         artifact, weights = random_artifact(backbone, artifacts_dir)
-        spec = read_manifest(artifact).preprocessing
+        spec = read_manifest(artifact).image_spec
         engines = {**torch_engines(backbone, weights), **ort_engines(artifact / MODEL_FILE, artifacts_dir)}
         plans.append((backbone, engines, _random_batches((3, *spec.input_size), batch_sizes)))
     rows: list[dict] = []
@@ -221,7 +221,7 @@ def bench_models(
 
 def preprocessed_batches(artifact: Path, images: Sequence[Path], batch_sizes: Iterable[int]) -> dict[int, np.ndarray]:
     """Real images through the artifact's own decode and preprocessing, tiled to each batch size."""
-    spec = read_manifest(artifact).preprocessing
+    spec = read_manifest(artifact).image_spec
     arrays = np.stack([preprocess(load_image(path, min_side=spec.resize_size), spec) for path in images])
     return {b: np.ascontiguousarray(np.resize(arrays, (b, *arrays.shape[1:]))) for b in batch_sizes}
 

@@ -73,6 +73,14 @@ def export_backbone(
     """
     entry = get_backbone(name)
     _check_out(Path(out), overwrite)
+    if entry.modality == "text":
+        if not headless or fp16:
+            raise ExportError(f"expected --headless (an embedder; no --fp16) for the text encoder {name!r}: it has "
+                              "no pretrained classes, fit heads on its embeddings")
+        from graft.export.text import export_text_backbone
+
+        return export_text_backbone(entry, Path(out), weights=weights, model_name=model_name,
+                                    check_out=lambda: _check_out(Path(out), overwrite), producer=_producer_versions())
     untrained = str(weights) == "none"
     with torch.random.fork_rng():
         torch.manual_seed(0)  # random init is reproducible: the same command gives the same artifact

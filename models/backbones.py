@@ -20,6 +20,7 @@ from torch import nn
 
 from graft.artifact.errors import GraftError
 from graft.artifact.preprocessing import PreprocessingSpec
+from graft.models.text import MINILM, TextBackboneEntry
 from graft.models.weights import WeightsUnavailable, lite_state_dict_to_timm, load_weights_file, package_weights_path
 
 WeightsChoice = Literal["pretrained", "none"] | str | os.PathLike
@@ -54,11 +55,12 @@ class Backbone(nn.Module):
     def num_classes(self) -> int:
         return self.head.out_features
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x)
+    def embed(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The pooled embedding of an image batch, or of token ids and their attention mask."""
+        return self.trunk(*inputs)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.trunk(x)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.trunk(*inputs)
         return self.head(embedding), embedding
 
     def reset_head(self, num_classes: int) -> None:
@@ -85,6 +87,13 @@ class BackboneEntry:
     offline: Callable[[], Path | None] | None = None
     """Weights shipped in an installed package, with a converter for their key names."""
     convert: Callable[[dict, nn.Module], dict] | None = None
+
+    modality = "image"
+
+    @property
+    def input_description(self) -> str:
+        height, width = self.preprocessing.input_size
+        return f"{height}x{width}"
 
     # ---- construction -------------------------------------------------------------------------
     def _build_model(self) -> nn.Module:
@@ -219,10 +228,10 @@ def _lite(variant: int) -> Callable[[], Path | None]:
     )
 
 
-_REGISTRY: dict[str, BackboneEntry] = {}
+_REGISTRY: dict[str, BackboneEntry | TextBackboneEntry] = {}
 
 
-def register(entry: BackboneEntry) -> BackboneEntry:
+def register(entry: BackboneEntry | TextBackboneEntry) -> BackboneEntry | TextBackboneEntry:
     if entry.name in _REGISTRY:
         raise ValueError(f"backbone {entry.name!r} is already registered")
     _REGISTRY[entry.name] = entry
@@ -247,13 +256,14 @@ register(BackboneEntry("mobilenet_v3_large", "torchvision", ("features.*",), hea
 register(BackboneEntry("vgg16", "torchvision", ("features.*", "classifier.0", "classifier.3"), head_path="classifier.6"))
 register(BackboneEntry("convnext_tiny", "torchvision", ("features.*",), head_path="classifier.2"))
 register(BackboneEntry("vit_b_16", "torchvision", ("conv_proj", "encoder.layers.*", "encoder.ln"), head_path="heads.head"))
+register(MINILM)
 
 
-def list_backbones() -> list[BackboneEntry]:
+def list_backbones() -> list[BackboneEntry | TextBackboneEntry]:
     return list(_REGISTRY.values())
 
 
-def get_backbone(name: str) -> BackboneEntry:
+def get_backbone(name: str) -> BackboneEntry | TextBackboneEntry:
     try:
         return _REGISTRY[name]
     except KeyError:

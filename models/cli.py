@@ -17,7 +17,8 @@ STRATEGIES = ("feature-extract", "fine-tune", "scratch")
 def register(subparsers: argparse._SubParsersAction) -> None:
     backbones = subparsers.add_parser(
         "backbones", help="list the registered backbones",
-        description="The registry: timm and torchvision backbone names, their input size, and whether their "
+        description="The registry: timm and torchvision image backbones and sentence-transformers text encoders, "
+                    "their input (image size or most tokens), and whether their "
                     "pretrained weights are on this machine (an installed package or a local file).",
     )
     backbones.set_defaults(handler=backbones_command)
@@ -73,9 +74,8 @@ def backbones_command(args: argparse.Namespace) -> int:
 
     rows = [("NAME", "SOURCE", "EMBED DIM", "INPUT", "PARAMS", "OFFLINE WEIGHTS")]
     for entry in list_backbones():
-        height, width = entry.preprocessing.input_size
         rows.append((
-            entry.name, entry.source, str(entry.embedding_dim), f"{height}x{width}",
+            entry.name, entry.source, str(entry.embedding_dim), entry.input_description,
             f"{entry.num_params / 1e6:.1f}M", "yes" if entry.offline_weights() else "no",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

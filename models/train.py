@@ -288,6 +288,9 @@ def run_training(config: TrainConfig) -> dict:
     out = Path(config.out)
     check_out(out, config.overwrite)
     entry = get_backbone(config.backbone)  # unknown names fail before any work
+    if entry.modality != "image":
+        raise GraftError(f"expected an image backbone for graft train, got the {entry.modality} encoder "
+                         f"{entry.name!r}; fit text heads with POST /heads on its exported embedder")
     if config.strategy not in get_args(Strategy):
         raise GraftError(f"expected a strategy in {get_args(Strategy)}, got {config.strategy!r}")
     if config.strategy == "feature-extract" and (config.epochs, config.lr) != (None, None):

@@ -25,7 +25,7 @@ def prepare(data: bytes, manifest: Manifest, model: str, *, max_pixels: int) -> 
         ImageDecodeError: not an image, truncated, empty, or over `max_pixels` as sent or once its
             shorter side is resized (a 1 x 100000 strip would become 256 x 25.6 million).
     """
-    spec = manifest.preprocessing
+    spec = manifest.image_spec
     started = time.perf_counter()
     image = decode_image(data, min_side=spec.resize_size, max_pixels=max_pixels)
     decoded = time.perf_counter()

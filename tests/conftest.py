@@ -94,3 +94,13 @@ def cpu_image(lite0_classifier, tmp_path_factory) -> str:
     from tests.containers import build_image
 
     return build_image(lite0_classifier, tmp_path_factory.mktemp("bentoml"))
+
+
+@pytest.fixture(scope="session")
+def text_artifact(tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2 exported as a text embedder through `graft export` (real weights, ~15 s)."""
+    from graft.cli import main
+
+    out = tmp_path_factory.mktemp("text") / "minilm"
+    assert main(["export", "--backbone", "all-minilm-l6-v2", "--headless", "--out", str(out)]) == 0
+    return out

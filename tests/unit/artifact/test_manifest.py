@@ -123,7 +123,7 @@ def test_malformed_json_is_a_manifest_error():
 
 def test_a_bad_manifest_file_is_one_line_naming_the_file_and_every_field(tmp_path):
     data = classifier().to_dict()
-    del data["preprocessing"]
+    del data["io"]
     data["labels"] = "cat"
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ManifestError) as raised:
@@ -131,7 +131,14 @@ def test_a_bad_manifest_file_is_one_line_naming_the_file_and_every_field(tmp_pat
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith(f"invalid manifest {tmp_path / 'manifest.json'}: ")
-    assert "preprocessing: Field required" in message and "labels:" in message
+    assert "io: Field required" in message and "labels:" in message
+
+
+def test_an_image_manifest_needs_its_preprocessing_block():
+    data = classifier().to_dict()
+    del data["preprocessing"]
+    with pytest.raises(ManifestError, match="expected an image model to have a preprocessing block"):
+        Manifest.from_dict(data)
 
 
 def test_manifest_is_immutable():

