@@ -17,7 +17,7 @@ from pydantic.dataclasses import dataclass
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 
-_PIL_RESAMPLE = {
+PIL_RESAMPLE = {  # the manifest's interpolation name -> Pillow's filter
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -109,12 +109,19 @@ def crop(image: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
     if image.mode != "RGB":
         image = image.convert("RGB")
     out_w, out_h = resized_size(image.width, image.height, spec.resize_size)
-    if (out_w, out_h) != image.size:
-        image = image.resize((out_w, out_h), _PIL_RESAMPLE[spec.interpolation])
     crop_h, crop_w = spec.input_size
     # Same rounding as torchvision's center_crop, so arrays match timm/torchvision bit for bit.
     top = int(round((out_h - crop_h) / 2.0))
     left = int(round((out_w - crop_w) / 2.0))
+    resample = PIL_RESAMPLE[spec.interpolation]
+    if out_w != image.width:
+        # NOTE: Pillow resizes in two separable passes, horizontal then vertical, through a uint8
+        # image. Run as two calls, with the columns the crop drops cut between them, they give the
+        # same pixels as one `resize` then the crop, without the vertical pass over those columns.
+        image = image.resize((out_w, image.height), resample).crop((left, 0, left + crop_w, image.height))
+        left = 0
+    if out_h != image.height:
+        image = image.resize((image.width, out_h), resample)
     return _checked_pixels(image.crop((left, top, left + crop_w, top + crop_h)), spec)
 
 

@@ -69,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     register_batch(what)
     register_heads(what)
     register_memory(what)
+    register_preprocess(what)
 
 
 def _finish(result: dict, out: Path, plots: list[Path]) -> None:
@@ -315,5 +316,38 @@ def run_memory(args: argparse.Namespace) -> int:
     text = markdown(result)
     (out / "results.md").write_text(text)
     logger.info("results: %s (results.json, results.md)", out)
+    print(text)
+    return 0
+
+
+def register_preprocess(what: argparse._SubParsersAction) -> None:
+    """`graft bench preprocess`: where an image's CPU time goes before the model, per JPEG size."""
+    preprocess = what.add_parser(
+        "preprocess", help="decode, resize + crop and normalize times per JPEG size, one thread",
+        description="Per stage, median ms per image on the standard JPEGs (224, 640, 2000 px): full vs draft "
+        "decode, one Pillow resize then the crop (timm/torchvision) vs graft's, normalize; and a check that "
+        "graft's resize gives the same pixels.",
+    )
+    preprocess.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="artifact whose preprocessing is timed "
+                            "(default: %(default)s)")
+    preprocess.add_argument("--repeat", type=positive(int), default=15, help="timings per file and stage (default: "
+                            "%(default)s)")
+    preprocess.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
+    preprocess.set_defaults(handler=run_preprocess)
+
+
+def run_preprocess(args: argparse.Namespace) -> int:
+    from graft.artifact.manifest import read_manifest
+    from graft.benchmarks.images import make_jpegs
+    from graft.benchmarks.preprocess_bench import bench_preprocess, markdown
+    from graft.benchmarks.report import environment, results_dir, write_json
+
+    out = results_dir(args.out)
+    spec = read_manifest(args.model).image_spec
+    result = {**bench_preprocess(spec, make_jpegs(out / "jpegs"), repeat=args.repeat), "environment": environment(),
+              "command": shlex.join(["graft", *sys.argv[1:]])}
+    write_json(out / "results.json", result)
+    text = markdown(result)
+    (out / "results.md").write_text(text)
     print(text)
     return 0

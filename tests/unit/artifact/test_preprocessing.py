@@ -75,3 +75,20 @@ def test_spec_rejects_inconsistent_sizes():
         PreprocessingSpec(input_size=(224, 224), resize_size=200)
     with pytest.raises(ValueError, match="std"):
         PreprocessingSpec(input_size=(224, 224), resize_size=256, std=(0.5, 0.0, 0.5))
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "lanczos", "nearest"])
+def test_crop_is_torchvisions_resize_and_centre_crop_to_the_bit(photos, interpolation):
+    """`crop` resizes in two calls with the dropped columns cut between them: the pixels must be
+    those of torchvision's Resize + CenterCrop (one Pillow resize, then the crop), exactly."""
+    spec = PreprocessingSpec(input_size=(224, 224), resize_size=256, interpolation=interpolation)
+    mode = getattr(torchvision.transforms.InterpolationMode, interpolation.upper())
+    reference = torchvision.transforms.Compose([torchvision.transforms.Resize(256, interpolation=mode),
+                                                torchvision.transforms.CenterCrop(224)])
+    for name in PHOTO_NAMES:
+        photo = photos[name]
+        # landscape, portrait, upscaled (224 px), downscaled (2000 px), odd sizes
+        for image in (photo, photo.transpose(0), photo.resize((337, 224)), photo.resize((224, 301)),
+                      photo.resize((2000, 1333)), photo.resize((257, 256)), photo.resize((256, 256))):
+            expected = np.asarray(reference(image))
+            np.testing.assert_array_equal(crop(image, spec), expected, err_msg=f"{name} {image.size}")
