@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from graft.argtypes import non_negative_int, positive
 
@@ -82,6 +82,17 @@ def _finish(result: dict, out: Path, plots: list[Path]) -> None:
     text = markdown(result, command)
     (out / "results.md").write_text(text)
     logger.info("results: %s (results.json, results.md, %s)", out, ", ".join(p.name for p in plots))
+    print(text)
+
+
+def _write(result: dict, out: Path, markdown: Callable[[dict], str]) -> None:
+    """results.json and results.md (from `markdown`) in `out`; the Markdown printed too."""
+    from graft.benchmarks.report import write_json
+
+    write_json(out / "results.json", result)
+    text = markdown(result)
+    (out / "results.md").write_text(text)
+    logger.info("results: %s (results.json, results.md)", out)
     print(text)
 
 
@@ -252,7 +263,7 @@ def register_heads(what: argparse._SubParsersAction) -> None:
 def run_heads(args: argparse.Namespace) -> int:
     from graft.benchmarks.heads_bench import HeadsBench, Plan, markdown
     from graft.benchmarks.load import require_loopback
-    from graft.benchmarks.report import environment, results_dir, write_json
+    from graft.benchmarks.report import environment, results_dir
 
     if not args.token:
         raise SystemExit("graft bench heads: expected an admin token (--token or GRAFT_ADMIN_TOKEN), got none")
@@ -267,12 +278,7 @@ def run_heads(args: argparse.Namespace) -> int:
         option = arg.split("=", 1)[0]
         argv.append("***" if secret_next else f"{option}=***" if option in SECRET_OPTIONS and "=" in arg else arg)
         secret_next = arg in SECRET_OPTIONS
-    result = {**result, "command": shlex.join(["graft", *argv]), "environment": env}
-    write_json(out / "results.json", result)
-    text = markdown(result)
-    (out / "results.md").write_text(text)
-    logger.info("results: %s (results.json, results.md)", out)
-    print(text)
+    _write({**result, "command": shlex.join(["graft", *argv]), "environment": env}, out, markdown)
     return 0
 
 
@@ -297,7 +303,7 @@ def register_memory(what: argparse._SubParsersAction) -> None:
 
 def run_memory(args: argparse.Namespace) -> int:
     from graft.benchmarks.memory_bench import bench_memory, markdown
-    from graft.benchmarks.report import environment, results_dir, write_json
+    from graft.benchmarks.report import environment, results_dir
     from graft.benchmarks.service_bench import Server, free_port, graft_argv
 
     if (args.url is None) != (args.pid is None):
@@ -311,12 +317,7 @@ def run_memory(args: argparse.Namespace) -> int:
         with Server("graft", graft_argv(args.model, port), port, out / "graft-server.log") as server:
             result = bench_memory(server.url, server.pid, out, **figures)
     env["load_average_end"] = os.getloadavg()
-    result = {**result, "command": shlex.join(["graft", *sys.argv[1:]]), "environment": env}
-    write_json(out / "results.json", result)
-    text = markdown(result)
-    (out / "results.md").write_text(text)
-    logger.info("results: %s (results.json, results.md)", out)
-    print(text)
+    _write({**result, "command": shlex.join(["graft", *sys.argv[1:]]), "environment": env}, out, markdown)
     return 0
 
 
@@ -340,14 +341,10 @@ def run_preprocess(args: argparse.Namespace) -> int:
     from graft.artifact.manifest import read_manifest
     from graft.benchmarks.images import make_jpegs
     from graft.benchmarks.preprocess_bench import bench_preprocess, markdown
-    from graft.benchmarks.report import environment, results_dir, write_json
+    from graft.benchmarks.report import environment, results_dir
 
     out = results_dir(args.out)
     spec = read_manifest(args.model).image_spec
-    result = {**bench_preprocess(spec, make_jpegs(out / "jpegs"), repeat=args.repeat), "environment": environment(),
-              "command": shlex.join(["graft", *sys.argv[1:]])}
-    write_json(out / "results.json", result)
-    text = markdown(result)
-    (out / "results.md").write_text(text)
-    print(text)
+    result = bench_preprocess(spec, make_jpegs(out / "jpegs"), repeat=args.repeat)
+    _write({**result, "environment": environment(), "command": shlex.join(["graft", *sys.argv[1:]])}, out, markdown)
     return 0
