@@ -32,7 +32,10 @@ def export_onnx(backbone: Backbone, path: Path, io: IOSpec) -> None:
     Raises:
         onnx.checker.ValidationError: the written graph is not valid ONNX.
     """
-    program = to_onnx(backbone, tuple(io.input.shape[2:]), [o.name for o in io.outputs])
+    height, width = io.input.shape[2:]
+    if height is None or width is None:
+        raise ValueError(f"expected an image input of fixed height and width, got shape {io.input.shape}")
+    program = to_onnx(backbone, (height, width), [o.name for o in io.outputs])
     program.save(str(path), external_data=False)
     # A path (not a loaded proto) lets the checker handle models beyond protobuf's 2 GB.
     onnx.checker.check_model(str(path), full_check=True)

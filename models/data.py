@@ -159,7 +159,8 @@ def stratified_sample(targets: np.ndarray, count: int | None, rng: np.random.Gen
 
 def split_per_class(targets: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices holding out `fraction` of every class, at least one image each side."""
-    train, val = [], []
+    train: list[int] = []
+    val: list[int] = []
     for cls in np.unique(targets):
         members = rng.permutation(np.flatnonzero(targets == cls))
         n_val = min(max(1, round(fraction * len(members))), len(members) - 1)
@@ -253,8 +254,8 @@ def _folder_splits(root: Path, seed: int) -> tuple[FileImages, FileImages, str, 
     for index, label in enumerate(images.labels):
         if np.count_nonzero(images.targets == index) < 2:
             raise DataError(f"expected at least 2 images in class {label!r} to hold one out, got 1")
-    train, val = split_per_class(images.targets, VAL_FRACTION, np.random.default_rng(seed))
-    return (images.subset(train), images.subset(val),
+    train_rows, val_rows = split_per_class(images.targets, VAL_FRACTION, np.random.default_rng(seed))
+    return (images.subset(train_rows), images.subset(val_rows),
             f"seeded stratified split, {VAL_FRACTION:.0%} held out per class", ignored)
 
 
@@ -284,6 +285,8 @@ def load_splits(
     """
     rng = np.random.default_rng(seed)
     ignored, unreadable = 0, []
+    train: ImageSet
+    val: ImageSet
     if str(data) == FASHION_MNIST:
         train, val = fashion_mnist("train"), fashion_mnist("t10k")
         source, split = FASHION_MNIST, "Fashion-MNIST train / test (t10k)"
@@ -295,7 +298,7 @@ def load_splits(
         source = str(root.resolve())
     train = train.subset(stratified_sample(train.targets, limit_train, rng))
     val = val.subset(stratified_sample(val.targets, limit_val, rng))
-    if isinstance(train, FileImages):
+    if isinstance(train, FileImages) and isinstance(val, FileImages):  # a folder's files, both
         train, bad_train = drop_unreadable(train, min_side, "training", warn=warn)
         val, bad_val = drop_unreadable(val, min_side, "evaluation", warn=warn)
         unreadable = [str(path.resolve().relative_to(Path(source))) for path in bad_train + bad_val]

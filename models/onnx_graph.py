@@ -75,6 +75,8 @@ def to_onnx(backbone: Backbone, input_size: tuple[int, int], outputs: Sequence[s
             verbose=False,
         )
     log.debug("torch.onnx.export: %s", progress.getvalue().strip())
+    if program is None:  # only the legacy exporter (dynamo=False) returns nothing
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNXProgram")
     return program
 
 

@@ -52,8 +52,8 @@ def lite_state_dict_to_timm(state: dict[str, torch.Tensor], model: nn.Module) ->
     """
     flat_blocks = [
         (f"blocks.{stage}.{index}", "conv_pwl" in dict(block.named_children()))
-        for stage, blocks in enumerate(model.blocks)
-        for index, block in enumerate(blocks)
+        for stage, blocks in enumerate(model.get_submodule("blocks").children())
+        for index, block in enumerate(blocks.children())
     ]
     renamed = {}
     for key, tensor in state.items():
