@@ -184,6 +184,20 @@ class Manifest(JsonDocument):
             raise ManifestError(f"expected a text model, got the {self.modality} model {self.name!r}")
         return self.text
 
+    @property
+    def image_spec(self) -> PreprocessingSpec:
+        """The image preprocessing block; `ManifestError` for a text model."""
+        if self.preprocessing is None:
+            raise ManifestError(f"expected an image model, got the {self.modality} model {self.name!r}")
+        return self.preprocessing
+
+    @property
+    def text_spec(self) -> TextSpec:
+        """The text block; `ManifestError` for an image model."""
+        if self.text is None:
+            raise ManifestError(f"expected a text model, got the {self.modality} model {self.name!r}")
+        return self.text
+
 
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file, read in chunks."""

@@ -158,7 +158,7 @@ class Runner:
         self.manifest = manifest
         self.buckets = buckets
         self.input_name = manifest.io.input.name
-        self.input_shape = (3, *manifest.preprocessing.input_size)
+        self.input_shape = (3, *manifest.image_spec.input_size)
         self.output_names = [output.name for output in manifest.io.outputs]
         started = time.perf_counter()
         self.session = open_session(
@@ -201,7 +201,8 @@ class Runner:
             for i, name in enumerate(self.output_names)
         }
 
-    def postprocess(self, outputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    @staticmethod
+    def postprocess(outputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         """One result per item: `embedding`, and for classifiers `logits` and `probabilities`
         (their softmax)."""
         results = dict(outputs)

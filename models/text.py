@@ -87,18 +87,14 @@ class TextBackboneEntry:
         return BertModel(config, add_pooling_layer=False).eval()
 
     @cached_property
-    def shape_info(self) -> tuple[int, int]:
-        with torch.device("meta"):
-            bert = self._build_model()
-        return bert.config.hidden_size, sum(p.numel() for p in bert.parameters())
-
-    @property
     def embedding_dim(self) -> int:
-        return self.shape_info[0]
+        return json.loads(self.read("config.json"))["hidden_size"]
 
-    @property
+    @cached_property
     def num_params(self) -> int:
-        return self.shape_info[1]
+        """Counted on the meta device, so nothing is allocated."""
+        with torch.device("meta"):
+            return sum(p.numel() for p in self._build_model().parameters())
 
     @property
     def input_description(self) -> str:

@@ -27,6 +27,7 @@ from graft.artifact.errors import GraftError
 from graft.artifact.image import ImageDecodeError
 from graft.artifact.manifest import MODEL_FILE, verify_model_hash
 from graft.artifact.store import is_store_tag
+from graft.artifact.text import TextError
 from graft.service import bentoml_api, logs
 from graft.service.auth import Auth
 from graft.service.cache import ResultCache
@@ -35,6 +36,7 @@ from graft.service.decode import prepare
 from graft.service.engine import Engine, Target, deadline_after
 from graft.service.errors import BadRequest, NotFound, Unavailable
 from graft.service.heads import HeadStore
+from graft.service.metrics import metrics
 from graft.service.middleware import RequestGuard
 from graft.service.models import load_models, pick_default, split_reference
 from graft.service.openai_api import OpenAIErrors
@@ -230,6 +232,9 @@ class Worker:
             BadRequest: too many images, or one that does not decode (named `field[position]`).
             TooManyRequests, Unavailable: the batcher refused them (queue full, deadline).
         """
+        if engine.text is not None:
+            raise BadRequest(expected=f'texts as a JSON body {{"texts": [...]}} for text model {engine.name!r}',
+                             got="images")
         self._admit(len(images), max_images or self.config.max_images)
         limit = self._budget_ms(timeout_ms)
         deadline = deadline_after(limit, start=arrived)
@@ -273,6 +278,50 @@ class Worker:
         GRAFT_MAX_LATENCY_MS of the request's arrival."""
         self._admit(len(batch), self.config.max_images)
         return await engine.infer(list(batch), deadline=deadline_after(self._budget_ms(None), start=arrived))
+
+    async def run_texts(
+        self, engine: Engine, texts: list[str], *, arrived: float | None = None, timeout_ms: int | None = None,
+        truncate: bool = True, max_texts: int | None = None, budget_per_chunk: bool = False,
+    ) -> tuple[list[dict], list[int]]:
+        """Tokenise `texts` in the thread pool and run them through text model `engine`'s batcher, in
+        batch-sized chunks, within the request's latency budget (as `run_images`).
+
+        Returns:
+            One result per text, in order, and the indices of the texts cut to the model's token limit.
+
+        Raises:
+            BadRequest: an image model, too many texts, an empty text, one over GRAFT_MAX_TEXT_CHARS,
+                or (without `truncate`) one over the model's token limit.
+        """
+        if engine.text is None:
+            raise BadRequest(expected=f"images in a multipart form for image model {engine.name!r}", got="texts")
+        self.check_ready()
+        most = max_texts or self.config.max_images
+        if len(texts) > most:
+            raise BadRequest(expected=f"at most {most} texts per request", got=str(len(texts)))
+        max_chars = self.config.max_text_chars
+        for index, text in enumerate(texts):
+            if len(text) > max_chars:
+                raise BadRequest(expected=f"texts of at most {max_chars} characters (GRAFT_MAX_TEXT_CHARS)",
+                                 got=f"texts[{index}] of {len(text)}")
+        started = time.perf_counter()
+        try:
+            encoded = await asyncio.get_running_loop().run_in_executor(self.decoder, engine.text.tokenizer.encode, texts)
+        except TextError as error:
+            raise BadRequest(f"texts: {error}", expected=error.expected, got=error.got) from None
+        metrics().observe_stage("tokenize", engine.name, time.perf_counter() - started)
+        truncated = [index for index, encoding in enumerate(encoded) if encoding.truncated]
+        if truncated and not truncate:
+            raise BadRequest(expected=f"texts of at most {engine.text.tokenizer.spec.max_tokens} tokens, or "
+                             "truncate=true", got=f"longer texts at indices {truncated}")
+        limit = self._budget_ms(timeout_ms)
+        deadline = deadline_after(limit, start=arrived)
+        chunk = self.config.max_batch_size
+        results: list[dict] = []
+        for start in range(0, len(encoded), chunk):
+            results += await engine.infer([encoding.ids for encoding in encoded[start:start + chunk]],
+                                          deadline=deadline_after(limit) if budget_per_chunk else deadline)
+        return results, truncated
 
     def _admit(self, count: int, max_images: int) -> None:
         """Refuse work while not ready (503) and requests with too many images (400)."""

@@ -66,7 +66,10 @@ class ServeConfig(RuntimeSettings):
     max_latency_ms: int = Field(
         10_000, ge=1, description="each image's deadline from its request's arrival; an image that cannot make "
         "it is answered 503 without running (a request's timeout_ms may shorten it)")
-    max_images: int = Field(32, ge=1, description="most image parts accepted in one request")
+    max_images: int = Field(32, ge=1, description="most image parts accepted in one request (text models: most texts)")
+    max_text_chars: int = Field(20_000, ge=1, description="most characters in one text sent to a text model; "
+                                "longer texts get 400 (texts over the model's token limit are truncated, and "
+                                "the answer says which)")
     max_pixels: int = Field(default_factory=_default_max_pixels, ge=1,
                             description="most pixels in one decoded image (decompression bombs)")
     max_request_bytes: int = Field(64 << 20, ge=1,

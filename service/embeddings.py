@@ -23,6 +23,7 @@ from graft.artifact.postprocess import l2_normalize
 from graft.service.endpoint import service, watched
 from graft.service.engine import Target
 from graft.service.errors import BadRequest
+from graft.service.texts import EmbedTexts
 
 JSON_ENCODINGS = ("json", "base64")
 ENCODINGS = (*JSON_ENCODINGS, "binary", "npy")
@@ -37,8 +38,23 @@ async def embed_images(
     (within the latency budget from `arrived`); L2-normalised when `normalize`. A bad image is
     named `field[index]`."""
     work = service().run_images(target.engine, images, arrived=arrived, timeout_ms=timeout_ms, field=field)
-    vectors = target.outputs(await watched(request, work, target.name), ("embedding",))["embedding"]
+    return _vectors(target, await watched(request, work, target.name), normalize)
+
+
+def _vectors(target: Target, results: list[dict], normalize: bool) -> np.ndarray:
+    vectors = target.outputs(results, ("embedding",))["embedding"]
     return l2_normalize(vectors) if normalize else vectors
+
+
+async def embed_texts(request: Request, body: EmbedTexts, *, arrived: float) -> tuple[str, np.ndarray, list[int]]:
+    """`/embed`'s work for a JSON body of texts: the model's name, its embeddings, and the indices of
+    the texts cut to the model's token limit."""
+    check_encoding(body.encoding, body.dtype)
+    target = service().target(body.model)
+    work = service().run_texts(target.engine, body.texts, arrived=arrived, timeout_ms=body.timeout_ms,
+                               truncate=body.truncate)
+    results, truncated = await watched(request, work, target.name)
+    return target.name, _vectors(target, results, body.normalize), truncated
 
 
 async def embed_request(
@@ -69,21 +85,32 @@ def check_encoding(encoding: str, dtype: str) -> None:
                          f"got {dtype}", expected="float32 with encoding=json", got=dtype)
 
 
-def embeddings_body(model: str, vectors: np.ndarray, *, normalized: bool, encoding: str, dtype: str) -> dict:
-    """`/embed`'s JSON answer: `vectors` [N, D] as numbers, or as base64 of `dtype` (`JSON_ENCODINGS`)."""
-    summary = {"model": model, "dim": int(vectors.shape[1]), "normalized": normalized}
+def embeddings_body(
+    model: str, vectors: np.ndarray, *, normalized: bool, encoding: str, dtype: str, truncated: list[int] | None = None,
+) -> dict:
+    """`/embed`'s JSON answer: `vectors` [N, D] as numbers, or as base64 of `dtype` (`JSON_ENCODINGS`);
+    for texts, `truncated` lists those cut to the model's token limit."""
+    summary: dict = {"model": model, "dim": int(vectors.shape[1]), "normalized": normalized}
+    if truncated is not None:
+        summary["truncated"] = truncated
     if encoding == "json":
         return {**summary, "embeddings": vectors.tolist()}
     return {**summary, "encoding": "base64", "dtype": dtype, "embeddings": base64_rows(vectors, dtype)}
 
 
-def embeddings_response(model: str, vectors: np.ndarray, *, normalized: bool, encoding: str, dtype: str) -> Response:
-    """`/embed`'s answer: `vectors` [N, D] in `encoding` (one of `ENCODINGS`) as `dtype`."""
+def embeddings_response(
+    model: str, vectors: np.ndarray, *, normalized: bool, encoding: str, dtype: str, truncated: list[int] | None = None,
+) -> Response:
+    """`/embed`'s answer: `vectors` [N, D] in `encoding` (one of `ENCODINGS`) as `dtype`; `truncated`
+    (texts) in the JSON, or as the Graft-Truncated header (comma-separated indices)."""
     if encoding in JSON_ENCODINGS:
-        return JSONResponse(embeddings_body(model, vectors, normalized=normalized, encoding=encoding, dtype=dtype))
+        return JSONResponse(embeddings_body(model, vectors, normalized=normalized, encoding=encoding, dtype=dtype,
+                                            truncated=truncated))
     array = _little_endian(vectors, dtype)
     headers = {"Graft-Model": model, "Graft-Shape": ",".join(map(str, array.shape)), "Graft-Dtype": dtype,
                "Graft-Normalized": str(normalized).lower()}
+    if truncated is not None:
+        headers["Graft-Truncated"] = ",".join(map(str, truncated))
     if encoding == "binary":
         return Response(array.tobytes(), media_type="application/octet-stream", headers=headers)
     buffer = io.BytesIO()

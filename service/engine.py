@@ -14,6 +14,8 @@ import numpy as np
 from graft.artifact.heads import Head
 from graft.artifact.postprocess import softmax
 from graft.artifact.runtime import Runner
+from graft.artifact.text import pad
+from graft.artifact.text_runtime import TextRunner
 from graft.service.batcher import Batcher
 from graft.service.config import ServeConfig
 from graft.service.metrics import metrics
@@ -31,22 +33,26 @@ class Engine:
         self.model = model
         self.name = model.name
         self.manifest = model.manifest
-        self.runner = Runner(
+        runner = TextRunner if model.manifest.modality == "text" else Runner
+        self.runner = runner(
             model.directory, model.manifest, name=model.name, buckets=config.batch_buckets(),
             providers=config.providers, intra_op_threads=config.session_threads(),
             trt_cache_dir=config.trt_cache_dir, intra_op_spinning=config.intra_op_spinning,
         )
+        self.text = self.runner if isinstance(self.runner, TextRunner) else None
         self.batcher = Batcher(
             model.name, self._run_batch, max_batch=config.max_batch_size, max_queue=config.max_queue,
             observer=metrics().observer(model.name),
         )
 
     def _run_batch(self, inputs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        if isinstance(self.runner, TextRunner):  # token ids of any lengths: padded to the batch's longest
+            return self.runner.postprocess(self.runner.infer(*pad(inputs, self.runner.tokenizer.spec.pad_id)))
         return self.runner.postprocess(self.runner.infer(np.stack(inputs)))
 
     async def infer(self, inputs: list[np.ndarray], *, deadline: float) -> list[dict[str, np.ndarray]]:
         """Results (`embedding`; classifiers add `logits`, `probabilities`) for float32 [3, H, W]
-        inputs, in order, batched with every other request on this model."""
+        inputs (text models: int64 token ids), in order, batched with every other request on this model."""
         return await self.batcher.submit(inputs, deadline=deadline)
 
     def warmup(self) -> None:

@@ -31,7 +31,9 @@ class ServedModel:
             "version": manifest.version,
             "num_labels": manifest.num_classes,
             "embedding_dim": manifest.embedding_dim,
-            "input_size": list(manifest.preprocessing.input_size),
+            "modality": manifest.modality,
+            "input_size": list(manifest.preprocessing.input_size) if manifest.preprocessing else None,
+            "max_tokens": manifest.text.max_tokens if manifest.text else None,
             "precision": manifest.precision,
         }
 

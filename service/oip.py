@@ -110,7 +110,7 @@ class ModelSignature:
     def from_manifest(cls, name: str, manifest: Manifest) -> ModelSignature:
         return cls(
             name=name, version=manifest.version, input_name=manifest.io.input.name,
-            input_size=tuple(manifest.preprocessing.input_size), embedding_dim=manifest.embedding_dim,
+            input_size=manifest.image_spec.input_size, embedding_dim=manifest.embedding_dim,
             labels=tuple(manifest.labels),
         )
 

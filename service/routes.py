@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable
+from typing import Awaitable, Callable, Iterable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,9 +19,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 
 from graft.artifact.postprocess import top_k
-from graft.service import embeddings, head_routes, openai_api, schemas, v2
+from graft.service import embeddings, head_routes, openai_api, schemas, texts, v2
 from graft.service.endpoint import ClientGone, Endpoint, Handler, service, watched
-from graft.service.engine import Target
+from graft.service.engine import Engine, Target
 from graft.service.errors import BadRequest, MethodNotAllowed, NotFound, ServiceError
 from graft.service.forms import Field, boolean, choice, positive_int, read_form, text
 
@@ -69,14 +69,23 @@ async def classify_images(
     """`/classify`'s answer for `images`, whichever way they came: a form or a BentoML client
     (`graft.service.bentoml_api`). `top_k` None: the default, not asked for; `model` may name several
     heads on one backbone, comma-separated."""
-    graft = service()
-    targets = [graft.target(name.strip(), "classifier") for name in model.split(",")]
+    return await _classify(
+        request, model, top_k,
+        lambda engine: service().run_images(engine, images, arrived=arrived, timeout_ms=timeout_ms),
+    )
+
+
+async def _classify(
+    request: Request, model: str, top_k: int | None, run: Callable[[Engine], Awaitable[list[dict]]],
+) -> dict:
+    """The top-k answer of `model` (several heads on one backbone: comma-separated) for the items
+    `run` puts through that backbone."""
+    targets = [service().target(name.strip(), "classifier") for name in model.split(",")]
     engine = targets[0].engine
     if any(target.engine is not engine for target in targets):
         raise BadRequest(expected="models (heads) on one backbone when several are named",
                          got=", ".join(f"{t.name} on {t.engine.name}" for t in targets))
-    results = await watched(request, graft.run_images(engine, images, arrived=arrived, timeout_ms=timeout_ms),
-                            targets[0].name)
+    results = await watched(request, run(engine), targets[0].name)
     k, asked = top_k or CLASSIFY_FIELDS["top_k"].default, top_k is not None
     if len(targets) == 1:
         return _top_k(targets[0], results, k, asked=asked)
@@ -84,8 +93,25 @@ async def classify_images(
     return {"models": {t.name: _top_k(t, results, k, asked=asked) for t in targets}}
 
 
+async def classify_texts(request: Request, arrived: float) -> dict:
+    """`/classify`'s answer for a JSON body of texts (a text model's heads); `truncated` lists the
+    texts cut to the model's token limit."""
+    body = await texts.read_texts(request, texts.ClassifyTexts)
+    truncated: list[int] = []
+
+    async def run(engine: Engine) -> list[dict]:
+        results, cut = await service().run_texts(engine, body.texts, arrived=arrived, timeout_ms=body.timeout_ms,
+                                                 truncate=body.truncate)
+        truncated.extend(cut)
+        return results
+
+    return {**await _classify(request, body.model, body.top_k, run), "truncated": truncated}
+
+
 async def classify(request: Request) -> Response:
     arrived = time.monotonic()
+    if texts.is_json(request):
+        return JSONResponse(await classify_texts(request, arrived))
     form = await read_form(request, CLASSIFY_FIELDS, max_images=service().config.max_images)
     options = form.options
     return JSONResponse(await classify_images(
@@ -96,6 +122,11 @@ async def classify(request: Request) -> Response:
 
 async def embed(request: Request) -> Response:
     arrived = time.monotonic()
+    if texts.is_json(request):
+        body = await texts.read_texts(request, texts.EmbedTexts)
+        name, vectors, truncated = await embeddings.embed_texts(request, body, arrived=arrived)
+        return embeddings.embeddings_response(name, vectors, normalized=body.normalize, encoding=body.encoding,
+                                              dtype=body.dtype, truncated=truncated)
     form = await read_form(request, EMBED_FIELDS, max_images=service().config.max_images)
     options = form.options
     name, vectors = await embeddings.embed_request(

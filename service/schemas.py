@@ -42,7 +42,9 @@ class ModelSummary(BaseModel):
     version: str
     num_labels: int
     embedding_dim: int
-    input_size: list[int]
+    modality: str = Field(description="image or text: what /embed and /classify take for it")
+    input_size: list[int] | None = Field(description="image models: [height, width] of the model's input")
+    max_tokens: int | None = Field(description="text models: most tokens per text; longer ones are truncated")
     precision: str
     provider: str = Field(description="the ONNX Runtime execution provider the session runs on")
     heads: list[HeadSummary] = Field(description="heads served on this model's embedding")

@@ -21,10 +21,14 @@ from graft import __version__
 from graft.service import oip, schemas
 from graft.service.endpoint import Endpoint, service, watched
 from graft.service.engine import Target
+from graft.service.errors import BadRequest
 from graft.service.metrics import metrics
 
 
 def _signature(target: Target) -> oip.ModelSignature:
+    if target.engine.text is not None:
+        raise BadRequest(expected="an image model on /v2 (text models: POST /embed or /classify with a JSON body "
+                         '{"texts": [...]})', got=f"the text model {target.engine.name!r}")
     signature = oip.ModelSignature.from_manifest(target.engine.name, target.engine.manifest)
     if target.head is None:
         return signature
@@ -35,7 +39,8 @@ def _served() -> list[Target]:
     """Every model, then every head, as `GET /models` lists them."""
     graft = service()
     heads = [Target(graft.engines[served.backbone], served.head) for _, served in graft.heads.items()]
-    return [*(Target(engine) for engine in graft.engines.values()), *heads]
+    targets = [*(Target(engine) for engine in graft.engines.values()), *heads]
+    return [target for target in targets if target.engine.text is None]  # /v2 serves image models
 
 
 def _model(request: Request) -> tuple[Target, oip.ModelSignature]:
