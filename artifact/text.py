@@ -96,10 +96,3 @@ def pad(sequences: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.nd
         mask[row, : len(ids)] = 1
     return input_ids, mask
 
-
-def decode_utf8(data: bytes, where: str) -> str:
-    """`data` as UTF-8 text; a `TextError` naming `where` otherwise."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise TextError(expected="UTF-8 text", got=f"{where}: invalid byte at offset {error.start}") from None

@@ -68,7 +68,7 @@ def register_artifact(directory: str | os.PathLike) -> str:
     labels = {"task": manifest.task, "backbone": manifest.backbone, "precision": manifest.precision}
     try:
         with bentoml.models.create(tag, labels=labels, metadata=summary(manifest)) as model:
-            for name in (MODEL_FILE, MANIFEST_FILE):
+            for name in (MODEL_FILE, MANIFEST_FILE, *([manifest.text.tokenizer] if manifest.text else [])):
                 shutil.copy2(directory / name, model.path_of(name))
     except bentoml.exceptions.BentoMLException as error:
         raise RegistrationError(f"expected BentoML to accept {tag}, got: {error}") from error

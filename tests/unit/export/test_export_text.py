@@ -7,6 +7,9 @@ same packaged model directory.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -88,3 +91,12 @@ def test_a_text_manifest_needs_its_text_block(text_artifact):
     del data["text"]
     with pytest.raises(ValueError, match="expected a text model to have a text block"):
         Manifest.from_dict(data)
+
+
+def test_register_takes_the_tokenizer_along(text_artifact, tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    tag = subprocess.run([sys.executable, "-m", "graft.cli", "register", str(text_artifact)], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    name, version = tag.split(":")
+    stored = tmp_path / "bentoml" / "models" / name / version
+    assert (stored / "tokenizer.json").read_bytes() == (text_artifact / "tokenizer.json").read_bytes()
