@@ -26,6 +26,7 @@ MODEL_FILE = "model.onnx"
 
 Task = Literal["classifier", "embedder"]
 Modality = Literal["image", "text"]
+Precision = Literal["fp32", "fp16", "int8"]
 
 
 class ManifestError(GraftError, ValueError):
@@ -81,6 +82,55 @@ class ParityFigures:
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     sources: tuple[str, ...] = ()
     provider: str = "CPUExecutionProvider"
+    accuracy: dict[str, float] | None = None
+    """A head on an INT8 backbone: accuracy (0..1) of the run's PyTorch model ("fp32") and of the
+    head on the INT8 embedding ("int8") on the run's labelled evaluation images."""
+    median_cosine: float | None = None
+    """A head on an INT8 backbone: median cosine of the INT8 and PyTorch embeddings."""
+
+
+@dataclass(frozen=True)
+class ImageSample:
+    """A seeded sample of images, named by where it came from (never a local path of the exporter's)."""
+
+    source: str
+    images: Annotated[int, Field(ge=1)]
+    seed: int
+
+
+@dataclass(frozen=True)
+class AccuracyGateFigures:
+    """What the INT8 accuracy gate measured: the INT8 graph against the FP32 graph it was quantized
+    from, both on ONNX Runtime's CPU provider, on held-out images (never the calibration images).
+
+    `median_cosine`/`worst_cosine`: cosine similarity of each image's INT8 and FP32 `embedding`.
+    `accuracy` ({"fp32": .., "int8": ..}, 0..1) only where the held-out images have labels the model
+    predicts (a run's evaluation split); the drop is held to `max_accuracy_drop`.
+    """
+
+    held_out: ImageSample
+    median_cosine: float
+    min_median_cosine: float
+    worst_cosine: float
+    top1_agreement: float | None = Field(default=None, ge=0, le=1)
+    min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+    accuracy: dict[str, float] | None = None
+    max_accuracy_drop: float | None = None
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How an INT8 artifact was made (ONNX Runtime static quantization) and what its gate measured."""
+
+    calibration: ImageSample
+    calibration_method: Literal["MinMax", "Entropy", "Percentile"]
+    per_channel: bool
+    float_nodes: tuple[str, ...]
+    """Nodes left in float32 (no QuantizeLinear/DequantizeLinear around them)."""
+    gate: AccuracyGateFigures
+    format: Literal["QDQ"] = "QDQ"
+    activations: str = "int8"
+    weights: str = "int8"
 
 
 @dataclass(frozen=True)
@@ -112,7 +162,9 @@ class Manifest(JsonDocument):
     labels: tuple[str, ...] = ()
     producer: dict[str, str] = Field(default_factory=dict)
     metrics: dict[str, Any] | None = None
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Precision = "fp32"
+    quantization: Quantization | None = None
+    """INT8 artifacts: calibration, settings and the accuracy gate's figures."""
     modality: Modality = "image"
     preprocessing: PreprocessingSpec | None = None
     """Image models: how an image becomes the input."""
@@ -125,6 +177,8 @@ class Manifest(JsonDocument):
             raise ValueError(
                 f"expected manifest schema_version {SCHEMA_VERSION}, got {self.schema_version}"
             )
+        if (self.precision == "int8") != (self.quantization is not None):
+            raise ValueError(f"expected a quantization block exactly for precision int8, got precision {self.precision}")
         names = [o.name for o in self.io.outputs]
         embedding = self.io.output("embedding") if "embedding" in names else None
         if embedding is None:
@@ -169,20 +223,6 @@ class Manifest(JsonDocument):
     @property
     def num_classes(self) -> int:
         return len(self.labels)
-
-    @property
-    def image_spec(self) -> PreprocessingSpec:
-        """The image preprocessing block; `ManifestError` for a text model."""
-        if self.preprocessing is None:
-            raise ManifestError(f"expected an image model, got the {self.modality} model {self.name!r}")
-        return self.preprocessing
-
-    @property
-    def text_spec(self) -> TextSpec:
-        """The text block; `ManifestError` for an image model."""
-        if self.text is None:
-            raise ManifestError(f"expected a text model, got the {self.modality} model {self.name!r}")
-        return self.text
 
     @property
     def image_spec(self) -> PreprocessingSpec:

@@ -105,6 +105,7 @@ class JobSummary:
     task: str
     model: str
     version: str
+    precision: str
     output: str
     images: int
     errors: int
@@ -119,7 +120,7 @@ class JobSummary:
     def line(self) -> str:
         return (
             f"{self.images} images, {self.errors} errors, {self.seconds:.1f} s, "
-            f"{self.images_per_second:.1f} images/s ({self.actors} actor(s), model {self.model} {self.version}) "
+            f"{self.images_per_second:.1f} images/s ({self.actors} actor(s), model {self.model} {self.version} {self.precision}) "
             f"-> {self.output}"
         )
 
@@ -280,7 +281,7 @@ def run_job(config: JobConfig) -> JobSummary:
             seconds = time.perf_counter() - started
             images, errors = _count(tmp)
         summary = JobSummary(
-            task=config.task, model=model, version=version, output=str(out), images=images, errors=errors,
+            task=config.task, model=model, version=version, precision=manifest.precision, output=str(out), images=images, errors=errors,
             seconds=round(seconds, 3), images_per_second=round(images / seconds, 2) if seconds else 0.0,
             ray_start_seconds=round(ray_start, 3), actors=actors, gpus_per_actor=gpus_per_actor,
             batch_size=config.batch_size,

@@ -20,10 +20,18 @@ import numpy as np
 import onnx
 import torch
 
-from graft.artifact.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, WeightsInfo, sha256_file, write_manifest
+from graft.artifact.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    Manifest,
+    Precision,
+    WeightsInfo,
+    sha256_file,
+    write_manifest,
+)
 from graft.artifact.outputs import atomic_directory, check_output_dir
 from graft.artifact.preprocessing import PreprocessingSpec, preprocess_batch
-from graft.export import graph, parity
+from graft.export import calibration, graph, parity, quantize
 from graft.export.errors import ExportError, OutputExists
 from graft.models.backbones import Backbone, WeightsChoice, get_backbone, imagenet_labels
 from graft.models.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
@@ -45,6 +53,25 @@ class _Source:
     metrics: dict[str, Any] | None = None
     validation: tuple[str, list] | None = None
     """(description, PIL images) from the run's validation data, for the parity gate."""
+    run_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """Where an INT8 export's calibration images come from, how many, and how it quantizes.
+
+    Attributes:
+        calibration: a `graft train` run dir (its training images) or a folder of images; None: the
+            exported run's training images, else the stock photos (`export.calibration`).
+        calibration_size: images drawn (seeded) to calibrate on.
+        held_out_size: at most this many held-out images for the accuracy gate.
+    """
+
+    calibration: Path | None = None
+    calibration_size: int = 128
+    held_out_size: int = 192
+    seed: int = 0
+    settings: quantize.Settings = quantize.Settings()
 
 
 def export_backbone(
@@ -53,7 +80,8 @@ def export_backbone(
     *,
     headless: bool = False,
     weights: WeightsChoice = "pretrained",
-    fp16: bool = False,
+    precision: Precision = "fp32",
+    int8: Int8Options = Int8Options(),
     overwrite: bool = False,
     model_name: str | None = None,
 ) -> Manifest:
@@ -64,7 +92,9 @@ def export_backbone(
         out: the artifact directory to create.
         headless: export an embedder (output `embedding` only) instead of a classifier.
         weights: "pretrained", "none" (random init, recorded as untrained) or a state-dict path.
-        fp16: store a float16 model (float32 inputs/outputs), gated on top-1 agreement.
+        precision: "fp32"; "fp16" (float32 inputs/outputs), gated on top-1 agreement with PyTorch;
+            "int8" (static quantization), gated on agreement with the FP32 graph on held-out images.
+        int8: calibration and settings for "int8".
         overwrite: replace an existing artifact directory at `out`.
         model_name: the manifest's name; defaults to the backbone name (plus "-embedder").
 
@@ -74,8 +104,8 @@ def export_backbone(
     entry = get_backbone(name)
     _check_out(Path(out), overwrite)
     if entry.modality == "text":
-        if not headless or fp16:
-            raise ExportError(f"expected --headless (an embedder; no --fp16) for the text encoder {name!r}: it has "
+        if not headless or precision != "fp32":
+            raise ExportError(f"expected --headless (an embedder; --precision fp32) for the text encoder {name!r}: it has "
                               "no pretrained classes, fit heads on its embeddings")
         from graft.export.text import export_text_backbone
 
@@ -109,7 +139,8 @@ def export_backbone(
         ),
         Path(out),
         headless=headless,
-        fp16=fp16,
+        precision=precision,
+        int8=int8,
         overwrite=overwrite,
     )
 
@@ -118,7 +149,8 @@ def export_run(
     run_dir: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    fp16: bool = False,
+    precision: Precision = "fp32",
+    int8: Int8Options = Int8Options(),
     overwrite: bool = False,
     model_name: str | None = None,
     validation_limit: int = 500,
@@ -163,10 +195,12 @@ def export_run(
             source_sha256={"checkpoint": checkpoint_sha},
             metrics=_read_json(run_dir / "metrics.json"),
             validation=_validation_images(config, checkpoint.preprocessing, validation_limit),
+            run_dir=run_dir,
         ),
         Path(out),
         headless=False,
-        fp16=fp16,
+        precision=precision,
+        int8=int8,
         overwrite=overwrite,
     )
 
@@ -184,21 +218,28 @@ def _run_provenance(run_dir: Path, checkpoint) -> str:
     return f"graft run {run_dir.resolve().name}: {how}"
 
 
-def _export(source: _Source, out: Path, *, headless: bool, fp16: bool, overwrite: bool) -> Manifest:
+def _export(source: _Source, out: Path, *, headless: bool, precision: Precision, int8: Int8Options,
+            overwrite: bool) -> Manifest:
+    # Images first: a missing calibration source fails in seconds, not after the export.
+    samples = _int8_images(source, int8) if precision == "int8" else None
+    quantization = None
     # Checked again before the swap: something may have appeared while exporting.
     with atomic_directory(out, before_swap=lambda: _check_out(out, overwrite)) as tmp:
         io = graph.io_spec(source.backbone, source.preprocessing.input_size, headless=headless)
-        fp32_path = tmp / ("model.fp32.onnx" if fp16 else MODEL_FILE)
+        fp32_path = tmp / ("model.fp32.onnx" if precision != "fp32" else MODEL_FILE)
         graph.export_onnx(source.backbone, fp32_path, io)
 
         inputs, sources = _parity_inputs(source)
         reference = parity.torch_outputs(source.backbone, inputs, tuple(o.name for o in io.outputs))
         head = None if headless else source.backbone.head
         figures = {"fp32": parity.check(fp32_path, inputs, reference, parity.FP32, sources, head)}
-        if fp16:
+        if precision == "fp16":
             graph.convert_fp16(fp32_path, tmp / MODEL_FILE)
-            fp32_path.unlink()
             figures["fp16"] = parity.check(tmp / MODEL_FILE, inputs, reference, parity.FP16, sources, head)
+        elif samples is not None:
+            quantization = _quantize(fp32_path, tmp / MODEL_FILE, source, int8.settings, *samples)
+        if precision != "fp32":
+            fp32_path.unlink()
 
         model_sha = sha256_file(tmp / MODEL_FILE)
         manifest = Manifest(
@@ -216,11 +257,44 @@ def _export(source: _Source, out: Path, *, headless: bool, fp16: bool, overwrite
             labels=() if headless else source.labels,
             producer=_producer_versions(),
             metrics=source.metrics,
-            precision="fp16" if fp16 else "fp32",
+            precision=precision,
+            quantization=quantization,
         )
         write_manifest(tmp, manifest)
     log.info("wrote %s (%s %s, version %s)", out, manifest.task, manifest.precision, manifest.version)
     return manifest
+
+
+def _int8_images(source: _Source, options: Int8Options) -> tuple[calibration.Images, calibration.Images]:
+    """Calibration and held-out images (disjoint) for an INT8 export; see `export.calibration`."""
+    sizes = dict(calibration=options.calibration_size, held_out=options.held_out_size, seed=options.seed)
+    spec = source.preprocessing
+    folder = options.calibration
+    if folder is not None and not folder.is_dir():
+        raise ExportError(f"expected --calibration to be a run dir or a folder of images, got {folder}")
+    run = folder if folder is not None and calibration.is_run(folder) else None
+    if folder is None:
+        run = source.run_dir
+    if run is not None:
+        return calibration.run_images(run, spec, **sizes)
+    if folder is not None:
+        calibrate, held_out = calibration.folder_images(folder, spec, **sizes)
+    else:
+        calibrate, held_out = calibration.photo_crops(calibration.CALIBRATION_PHOTOS, options.calibration_size,
+                                                      options.seed), None
+    return calibrate, held_out or calibration.photo_crops(calibration.HELD_OUT_PHOTOS, options.held_out_size,
+                                                          options.seed + 1)
+
+
+def _quantize(fp32: Path, out: Path, source: _Source, settings: quantize.Settings,
+              calibrate: calibration.Images, held_out: calibration.Images):
+    """Quantize `fp32` into `out` and gate it; the manifest's quantization block."""
+    spec = source.preprocessing
+    float_nodes = quantize.quantize(fp32, out, preprocess_batch(calibrate.images, spec), settings)
+    # Accuracy only where the held-out labels are the ones this model predicts (a run's own split).
+    targets = held_out.targets if held_out.labels and held_out.labels == source.labels else None
+    figures = quantize.gate(fp32, out, preprocess_batch(held_out.images, spec), held_out.sample, targets)
+    return quantize.describe(settings, calibrate.sample, float_nodes, figures)
 
 
 def _parity_inputs(source: _Source) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -34,7 +34,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--weights", default="pretrained", metavar="pretrained|none|PATH",
         help="--backbone only: 'pretrained' (default), 'none' (random init, recorded as untrained) or a state dict file",
     )
-    parser.add_argument("--fp16", action="store_true", help="store a float16 model (float32 inputs/outputs) for GPU serving")
+    parser.add_argument(
+        "--precision", choices=("fp32", "fp16", "int8"), default=None,
+        help="fp32 (default); fp16: float16 weights (float32 inputs/outputs) for GPU serving; int8: static "
+             "quantization for CPU serving, calibrated on real images and refused unless it agrees with FP32 "
+             "on held-out ones",
+    )
+    parser.add_argument("--fp16", action="store_true", help="the same as --precision fp16")
+    parser.add_argument("--calibration", metavar="DIR",
+                        help="--precision int8: calibrate on a `graft train` run's training images or a folder of "
+                             "images (default: --run's training images, else scikit-image's stock photos)")
+    parser.add_argument("--calibration-size", type=int, default=128, metavar="N",
+                        help="--precision int8: images drawn (seeded) to calibrate on (default 128)")
+    parser.add_argument("--held-out-size", type=int, default=None, metavar="N",
+                        help="--precision int8: at most N held-out images for the accuracy gate (default 192); "
+                             "--head-only on an INT8 backbone: the run's evaluation images its gate uses (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="--precision int8: seeds the image samples (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory at --out")
     parser.add_argument("--name", help="the name it is served as (default: --out's last path component; "
                                        "--backbone: the backbone name)")
@@ -50,26 +65,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from graft.export.api import export_backbone, export_run
+    from pathlib import Path
+
+    from graft.export.api import Int8Options, export_backbone, export_run
     from graft.export.errors import ExportError
 
     if args.run and (args.headless or args.weights != "pretrained"):
         raise ExportError("expected --headless/--weights only with --backbone, got them with --run")
     if args.head_only or args.backbone_artifact:
         return _export_head(args)
+    if args.fp16 and args.precision not in (None, "fp16"):
+        raise ExportError(f"expected one precision, got --fp16 and --precision {args.precision}")
+    precision = "fp16" if args.fp16 else args.precision or "fp32"
+    if precision != "int8" and args.calibration:
+        raise ExportError(f"expected --calibration only with --precision int8, got --precision {precision}")
+    held_out = args.held_out_size or Int8Options.held_out_size
+    if min(args.calibration_size, held_out) < 2:
+        raise ExportError(f"expected at least 2 calibration and 2 held-out images, got {args.calibration_size} and {held_out}")
+    int8 = Int8Options(calibration=Path(args.calibration) if args.calibration else None,
+                       calibration_size=args.calibration_size, held_out_size=held_out, seed=args.seed)
+    options = dict(precision=precision, int8=int8, overwrite=args.overwrite, model_name=args.name)
     if args.backbone:
-        manifest = export_backbone(
-            args.backbone, args.out, headless=args.headless, weights=args.weights,
-            fp16=args.fp16, overwrite=args.overwrite, model_name=args.name,
-        )
+        manifest = export_backbone(args.backbone, args.out, headless=args.headless, weights=args.weights, **options)
     else:
-        manifest = export_run(args.run, args.out, fp16=args.fp16, overwrite=args.overwrite, model_name=args.name)
+        manifest = export_run(args.run, args.out, **options)
     for precision, figures in manifest.parity.items():
         log.info(
             "parity %s: %d images, max abs diff %s, top-1 agreement %s",
             precision, figures.images, figures.max_abs_diff, figures.top1_agreement,
         )
-    log.info("artifact %s: %s %s, version %s", args.out, manifest.name, manifest.task, manifest.version)
+    if manifest.quantization is not None:
+        gate = manifest.quantization.gate
+        log.info("INT8 gate: %d held-out images (%s), median cosine %.4f, top-1 agreement %s, accuracy %s",
+                 gate.held_out.images, gate.held_out.source, gate.median_cosine, gate.top1_agreement, gate.accuracy)
+    log.info("artifact %s: %s %s %s, version %s", args.out, manifest.name, manifest.task, manifest.precision,
+             manifest.version)
     print(f"{args.out}: served as {manifest.name}")  # the name /classify's `model` field takes
     if args.register:
         _register(argparse.Namespace(artifact=args.out))
@@ -84,10 +114,12 @@ def _export_head(args: argparse.Namespace) -> int:
         given = [flag for flag, value in (("--run", args.run), ("--backbone", args.backbone), ("--head-only", args.head_only),
                                           ("--backbone-artifact", args.backbone_artifact)) if value]
         raise ExportError(f"expected --run RUN --head-only --backbone-artifact DIR together, got {' '.join(given)}")
-    if args.fp16 or args.register:
-        raise ExportError("expected no --fp16/--register with --head-only (a head is numpy weights), got them")
+    if args.fp16 or args.precision or args.calibration or args.register:
+        raise ExportError("expected no --fp16/--precision/--calibration/--register with --head-only (a head is numpy "
+                          "weights on the backbone artifact's precision), got them")
+    limit = {"validation_limit": args.held_out_size} if args.held_out_size else {}
     head = export_head(args.run, args.out, backbone_artifact=args.backbone_artifact, name=args.name,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, **limit)
     backbone = head.spec.backbone
     print(f"{args.out}: head served as {head.name} on {backbone.name} (version {backbone.version})")
     return 0

@@ -17,3 +17,7 @@ class ParityError(ExportError):
 
 class RegistrationError(GraftError):
     """An artifact could not be imported into the BentoML model store."""
+
+
+class QuantizationError(ExportError):
+    """An INT8 graph disagrees with its FP32 graph beyond the accuracy gate's thresholds."""

@@ -11,7 +11,12 @@ The parity gate checks the head on the stock artifact against the run's PyTorch 
 images (the parity photos and up to `validation_limit` of the run's evaluation images), stage by
 stage like the artifact gate: the artifact's `embedding` against the PyTorch trunk's, and
 `head.apply` against PyTorch's head on that same embedding, each to the gate's tolerance; and
-end to end, top-1 agreement with the run's PyTorch logits.
+end to end, top-1 agreement with the run's PyTorch logits. On an INT8 backbone artifact the gate
+is the INT8 accuracy gate's instead (`check_int8`).
+
+A head binds to its backbone artifact's `model.onnx` sha256, so a head exported on the FP32 artifact
+refuses the INT8 one (another file, another hash) and vice versa: export or fit it again on the
+artifact that serves it.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import torch
 
 from graft.artifact.heads import BackboneRef, Head, Provenance, RunRef, make_head, now, write_head
 from graft.artifact.manifest import MODEL_FILE, ParityFigures, read_manifest, sha256_file, verify_model_hash
-from graft.export import parity
-from graft.export.errors import ExportError, OutputExists, ParityError
+from graft.export import parity, quantize
+from graft.export.calibration import Images, run_held_out
+from graft.export.errors import ExportError, OutputExists, ParityError, QuantizationError
 from graft.models.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from graft.models.weights import describe_weights
 
@@ -114,8 +120,12 @@ def export_head(
             graft_version=importlib.metadata.version("graft"),
         ),
     )
-    validation = _validation_images(config, checkpoint.preprocessing, validation_limit)
-    figures = check_parity(head, model, artifact, manifest, validation)
+    if manifest.precision == "int8":
+        figures = check_int8(head, model, artifact, manifest,
+                             run_held_out(run_dir, checkpoint.preprocessing, validation_limit))
+    else:
+        validation = _validation_images(config, checkpoint.preprocessing, validation_limit)
+        figures = check_parity(head, model, artifact, manifest, validation)
     head = make_head(head.name, labels, weight=weight, bias=bias, backbone=head.spec.backbone,
                      provenance=head.spec.provenance, parity=figures)
     write_head(out, head, overwrite=overwrite)
@@ -127,6 +137,49 @@ def _images_per_class(metrics: dict, labels: list[str]) -> dict[str, int]:
     """Training images per class, where the run recorded them (older runs did not)."""
     counts = metrics.get("train_images_per_class")
     return {label: int(counts[label]) for label in labels if label in counts} if counts else {}
+
+
+def check_int8(head: Head, model: torch.nn.Module, artifact: Path, manifest, held_out: Images) -> ParityFigures:
+    """The head on an INT8 artifact vs the run's PyTorch model on the run's labelled evaluation images.
+
+    The INT8 embedding cannot match PyTorch's to float32 precision, so the gate is the INT8 gate's:
+    median embedding cosine, top-1 agreement and the accuracy drop, with `quantize`'s thresholds;
+    the head itself is still checked stage by stage (`head.apply` vs PyTorch's head on the same
+    INT8 embedding) to the FP32 tolerance. Only in-domain images count: on the stock photos a
+    Fashion-MNIST head's top-1 is a near-tie that any noise flips.
+
+    Raises:
+        QuantizationError: a figure past its threshold.
+    """
+    from graft.artifact.preprocessing import preprocess_batch
+
+    inputs = preprocess_batch(held_out.images, manifest.preprocessing)
+    reference = parity.torch_outputs(model, inputs, ("logits", "embedding"))
+    embedding = parity.onnx_outputs(artifact / MODEL_FILE, inputs)["embedding"]
+    logits = head.apply(embedding)
+    with torch.inference_mode():
+        staged = model.head(torch.from_numpy(embedding)).numpy()
+    scaled = float(np.max(parity.scaled_diff(logits, staged)))
+    median = float(np.median(quantize.cosines(embedding, reference["embedding"])))
+    expected = reference["logits"].argmax(1)
+    top1 = float(np.mean(logits.argmax(1) == expected))
+    accuracy = {"fp32": float(np.mean(expected == held_out.targets)),
+                "int8": float(np.mean(logits.argmax(1) == held_out.targets))}
+    failures = quantize.failures_of(median, top1, accuracy)
+    if scaled > parity.FP32.tolerance:
+        failures.append(f"head logits {scaled:.3g} of their scale from PyTorch's head > {parity.FP32.tolerance:g}")
+    if failures:
+        raise QuantizationError(f"INT8 head gate failed on {len(inputs)} images ({held_out.sample.source}, head on "
+                                f"{manifest.name} vs the run's PyTorch model): {'; '.join(failures)}")
+    log.info("INT8 head gate on %d images: median cosine %.4f, top-1 agreement %.4f, accuracy %s",
+             len(inputs), median, top1, accuracy)
+    return ParityFigures(
+        images=len(inputs), batch_size=min(parity.BATCH_SIZE, len(inputs)),
+        max_abs_diff={"logits": float(np.max(np.abs(logits - reference["logits"])))},
+        max_scaled_diff={"logits": scaled}, top1_agreement=top1, tolerance=parity.FP32.tolerance,
+        min_top1_agreement=quantize.MIN_TOP1_AGREEMENT, sources=(held_out.sample.source,),
+        provider=parity.PROVIDER, accuracy=accuracy, median_cosine=median,
+    )
 
 
 def check_parity(head: Head, model: torch.nn.Module, artifact: Path, manifest, validation) -> ParityFigures:

@@ -105,13 +105,14 @@ class ModelSignature:
     input_size: tuple[int, int]
     embedding_dim: int
     labels: tuple[str, ...] = ()
+    precision: str = "fp32"
 
     @classmethod
     def from_manifest(cls, name: str, manifest: Manifest) -> ModelSignature:
         return cls(
             name=name, version=manifest.version, input_name=manifest.io.input.name,
             input_size=manifest.image_spec.input_size, embedding_dim=manifest.embedding_dim,
-            labels=tuple(manifest.labels),
+            labels=tuple(manifest.labels), precision=manifest.precision,
         )
 
     @property
@@ -149,7 +150,7 @@ def model_metadata(model: ModelSignature) -> dict[str, Any]:
         "outputs": [
             {"name": name, "datatype": "FP32", "shape": [-1, dim]} for name, dim in model.outputs.items()
         ],
-        "parameters": {"inputs": _one_input(model)},
+        "parameters": {"inputs": _one_input(model), "precision": model.precision},
     }
 
 

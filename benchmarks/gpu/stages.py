@@ -204,7 +204,7 @@ def artifacts(ctx: Context) -> None:
             try:
                 from graft.export import export_backbone  # torch: imported only when something is exported
 
-                export_backbone(backbone, directory, weights="none", fp16=precision == "fp16", overwrite=True)
+                export_backbone(backbone, directory, weights="none", precision=precision, overwrite=True)
             except Exception as error:  # one backbone failing leaves the others to measure
                 logger.exception("exporting %s failed", key)
                 row["error"] = one_line(error)

@@ -138,7 +138,7 @@ def test_fp16_export_with_its_own_gate_replaces_an_artifact(tmp_path, lite0_clas
     out = tmp_path / "a"
     out.mkdir()
     shutil.copy(lite0_classifier / MANIFEST_FILE, out / MANIFEST_FILE)
-    manifest = export_backbone("resnet18", out, weights="none", fp16=True, overwrite=True)
+    manifest = export_backbone("resnet18", out, weights="none", precision="fp16", overwrite=True)
     assert read_manifest(out) == manifest and leftovers(tmp_path) == ["a"]
     assert leftovers(out) == ["manifest.json", "model.onnx"]
     assert manifest.precision == "fp16" and not manifest.weights.pretrained

@@ -1,0 +1,138 @@
+"""INT8 artifacts: ONNX Runtime static quantization (QDQ), then an accuracy gate against FP32.
+
+The FP32 graph (already through the PyTorch parity gate) is quantized with
+`onnxruntime.quantization.quantize_static`: int8 weights and activations in QDQ format, so the
+graph keeps float32 inputs and outputs and the service feeds it exactly what it feeds FP32.
+The defaults (`Settings`) were chosen by measurement (benchmarks/RESULTS.md, "INT8").
+
+The gate runs the INT8 and the FP32 graph on held-out images (never the calibration images) and
+refuses the artifact, with one line naming what failed, unless top-1 agreement >= MIN_TOP1_AGREEMENT
+(classifiers), the median cosine of the two embeddings >= MIN_MEDIAN_COSINE, and, where the
+held-out images carry the model's own labels, accuracy falls by at most MAX_ACCURACY_DROP.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from graft.artifact.manifest import AccuracyGateFigures, ImageSample, Quantization
+from graft.export import parity
+from graft.export.errors import QuantizationError
+
+log = logging.getLogger(__name__)
+
+MIN_TOP1_AGREEMENT = 0.97
+MIN_MEDIAN_COSINE = 0.99
+MAX_ACCURACY_DROP = 0.005
+"""0.5 points of accuracy (0..1) on a labelled held-out split."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Quantization settings. `float_convs`: how many of the graph's first Conv nodes stay float32
+    (the stem and first block see raw pixels, where 8 bits lose the most)."""
+
+    calibration_method: str = "MinMax"
+    per_channel: bool = True
+    float_convs: int = 3
+
+
+class _Batches(CalibrationDataReader):
+    def __init__(self, input_name: str, inputs: np.ndarray):
+        self._batches = iter(inputs[s : s + parity.BATCH_SIZE] for s in range(0, len(inputs), parity.BATCH_SIZE))
+        self._input_name = input_name
+
+    def get_next(self) -> dict | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {self._input_name: batch}
+
+
+def quantize(fp32: Path, out: Path, inputs: np.ndarray, settings: Settings) -> tuple[str, ...]:
+    """Write the INT8 QDQ graph of `fp32` to `out`, calibrated on `inputs`; return the nodes left float.
+
+    `quant_pre_process` (shape inference, graph optimisation) runs first, as ONNX Runtime advises,
+    into a file beside `out` that is removed after.
+    """
+    prepared = out.with_name(f"{out.stem}.prepared.onnx")
+    try:
+        quant_pre_process(str(fp32), str(prepared))
+        graph = onnx.load(str(prepared))
+        convs = [node.name for node in graph.graph.node if node.op_type == "Conv"]
+        keep = tuple(convs[: settings.float_convs])
+        quantize_static(
+            str(prepared), str(out), _Batches(graph.graph.input[0].name, inputs),
+            quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, settings.calibration_method),
+            nodes_to_exclude=list(keep),
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
+    onnx.checker.check_model(str(out), full_check=True)
+    return keep
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row: cosine similarity of `a` and `b` [N, D]."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
+
+
+def gate(fp32: Path, int8: Path, inputs: np.ndarray, held_out: ImageSample,
+         targets: np.ndarray | None = None) -> AccuracyGateFigures:
+    """Compare the INT8 graph with the FP32 graph on held-out `inputs`; `targets`: labels the
+    model's logits index, where known.
+
+    Raises:
+        QuantizationError: a figure past its threshold, all failures in one line.
+    """
+    reference, actual = parity.onnx_outputs(fp32, inputs), parity.onnx_outputs(int8, inputs)
+    cosine = cosines(actual["embedding"], reference["embedding"])
+    median = float(np.median(cosine))
+    top1 = accuracy = None
+    if "logits" in reference:
+        predicted, expected = actual["logits"].argmax(1), reference["logits"].argmax(1)
+        top1 = float(np.mean(predicted == expected))
+        if targets is not None:
+            accuracy = {"fp32": float(np.mean(expected == targets)), "int8": float(np.mean(predicted == targets))}
+    failures = failures_of(median, top1, accuracy)
+    if failures:
+        raise QuantizationError(
+            f"INT8 accuracy gate failed on {len(inputs)} held-out images ({held_out.source}): {'; '.join(failures)}"
+        )
+    figures = AccuracyGateFigures(
+        held_out=held_out, median_cosine=median, min_median_cosine=MIN_MEDIAN_COSINE,
+        worst_cosine=float(cosine.min()), top1_agreement=top1,
+        min_top1_agreement=MIN_TOP1_AGREEMENT if top1 is not None else None,
+        accuracy=accuracy, max_accuracy_drop=MAX_ACCURACY_DROP if accuracy is not None else None,
+    )
+    log.info("INT8 gate on %d held-out images: median cosine %.4f (worst %.4f), top-1 agreement %s, accuracy %s",
+             len(inputs), median, figures.worst_cosine, top1, accuracy)
+    return figures
+
+
+def failures_of(median_cosine: float, top1: float | None, accuracy: dict[str, float] | None) -> list[str]:
+    """Each figure past its threshold, in words."""
+    failures = []
+    if median_cosine < MIN_MEDIAN_COSINE:
+        failures.append(f"median embedding cosine {median_cosine:.4f} < {MIN_MEDIAN_COSINE}")
+    if top1 is not None and top1 < MIN_TOP1_AGREEMENT:
+        failures.append(f"top-1 agreement with FP32 {top1:.2%} < {MIN_TOP1_AGREEMENT:.0%}")
+    if accuracy is not None and accuracy["fp32"] - accuracy["int8"] > MAX_ACCURACY_DROP:
+        failures.append(f"accuracy {accuracy['int8']:.2%} vs FP32 {accuracy['fp32']:.2%}, a drop of "
+                        f"{(accuracy['fp32'] - accuracy['int8']) * 100:.2f} points > {MAX_ACCURACY_DROP * 100:.1f}")
+    return failures
+
+
+def describe(settings: Settings, calibration: ImageSample, float_nodes: tuple[str, ...],
+             figures: AccuracyGateFigures) -> Quantization:
+    """The manifest's `quantization` block."""
+    return Quantization(calibration=calibration, calibration_method=settings.calibration_method,  # type: ignore[arg-type]
+                        per_channel=settings.per_channel, float_nodes=float_nodes, gate=figures)
