@@ -104,3 +104,15 @@ def text_artifact(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("text") / "minilm"
     assert main(["export", "--backbone", "all-minilm-l6-v2", "--headless", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def lite0_int8_embedder(tmp_path_factory) -> Path:
+    """Headless Lite0 quantized to INT8 on the stock photos (small samples: a test-sized gate)."""
+    from graft.export import export_backbone
+    from graft.export.api import Int8Options
+
+    out = tmp_path_factory.mktemp("artifacts") / "lite0-int8"
+    export_backbone("tf_efficientnet_lite0", out, headless=True, precision="int8", model_name="lite0-int8",
+                    int8=Int8Options(calibration_size=32, held_out_size=48))
+    return out
