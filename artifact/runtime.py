@@ -8,10 +8,12 @@ The one place sessions for artifacts are built: the service, batch jobs and the 
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import logging
+import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,13 @@ CPU_RUN_LIMIT = 8
 
 ONNX Runtime's CPU memory arena keeps what the largest run needed (batch 32 of Lite0: about 400 MB,
 batch 8: about 90 MB), while the time per image on a CPU is flat from a few images on."""
+
+
+SPIN_PAYS = 1.5
+"""How much slower a batch-1 run must be with idle intra-op threads asleep than with them spinning
+for a session to spin (`Runner`'s start-up choice): spinning takes cycles from decoding on the same
+cores, so it has to save a third of the run time to pay for them."""
+SPIN_PROBE_RUNS = 15
 
 
 def default_trt_cache_dir() -> Path:
@@ -107,7 +116,8 @@ def session_providers(
 
 def open_session(
     model: Path | bytes, *, providers: Sequence = ("CPUExecutionProvider",), intra_op_threads: int = 0,
-    intra_op_spinning: bool = False, log_severity_level: int = 2, optimize: bool = True,
+    intra_op_spinning: bool = False, spin_between_runs: bool = False, log_severity_level: int = 2,
+    optimize: bool = True,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session with the settings serving runs: every graph optimisation, one
     inter-op thread, idle intra-op threads asleep unless `intra_op_spinning`. The service, its
@@ -118,6 +128,9 @@ def open_session(
         model: a `model.onnx` path, or a serialised graph.
         providers: as `ort.InferenceSession` takes them (names, or (name, options) pairs).
         intra_op_threads: 0 lets ONNX Runtime use one per physical core.
+        intra_op_spinning: idle intra-op threads busy-wait for their next task (between the
+            operators of a run: waking a sleeping thread costs more on some CPUs than others).
+        spin_between_runs: they busy-wait between runs too, not only while one is going.
         log_severity_level: ONNX Runtime's own log threshold (3: errors only).
         optimize: False only checks that the graph loads: optimising it (and pre-packing its
             weights) would leave the process holding about 40 MB more after the session is gone.
@@ -129,11 +142,41 @@ def open_session(
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = log_severity_level
     if not intra_op_spinning:
-        # Idle intra-op threads otherwise busy-wait for the next batch, taking cores from the
-        # API worker's decoding (on 2 cores: 44 vs 29 CPU-ms per image at one client).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif not spin_between_runs:
+        # Threads still spinning after a run take the cores the service's decoding needs (on
+        # 2 cores: 44 vs 29 CPU-ms per image at one client, when they spun between runs).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=options,
                                 providers=list(providers))
+
+
+def pick_spinning(opener: Callable[..., ort.InferenceSession], input_name: str, input_shape: tuple[int, ...],
+                  name: str) -> ort.InferenceSession:
+    """A CPU session whose idle intra-op threads spin during runs if that makes batch-1 runs
+    `SPIN_PAYS` times faster here, else one whose threads sleep.
+
+    Waking a sleeping thread between operators costs far more on some CPUs and hypervisors than on
+    others, and spinning loses outright when other processes share the cores; so it is measured
+    where the service runs: both sessions, interleaved, `SPIN_PROBE_RUNS` timed runs each.
+    """
+    asleep = opener(intra_op_spinning=False)
+    if asleep.get_providers()[0] != "CPUExecutionProvider":
+        return asleep
+    spinning = opener(intra_op_spinning=True)
+    feed = {input_name: np.zeros((1, *input_shape), np.float32)}
+    seconds: dict[ort.InferenceSession, list[float]] = {asleep: [], spinning: []}
+    for index in range(SPIN_PROBE_RUNS + 2):  # the first runs of a session are not what it settles at
+        for session in (asleep, spinning):
+            started = time.perf_counter()
+            session.run(None, feed)
+            if index >= 2:
+                seconds[session].append(time.perf_counter() - started)
+    slept, spun = statistics.median(seconds[asleep]), statistics.median(seconds[spinning])
+    chosen = spinning if slept >= SPIN_PAYS * spun else asleep
+    log.info("model %s: intra-op threads %s (batch-1 median %.1f ms asleep, %.1f ms spinning)", name,
+             "spin during runs" if chosen is spinning else "sleep when idle", 1000 * slept, 1000 * spun)
+    return chosen
 
 
 class Runner:
@@ -148,13 +191,14 @@ class Runner:
         intra_op_threads: ORT intra-op threads; 0 lets ORT use one per physical core.
         trt_cache_dir: TensorRT engine cache.
         pad_to_buckets: zero-pad batches to a bucket size; None pads on GPU providers only.
-        intra_op_spinning: let idle intra-op threads spin (lower latency when the cores are free).
+        intra_op_spinning, spin_between_runs: as `open_session` takes them; `intra_op_spinning=None`
+            measures at start which way batch-1 runs are faster (`pick_spinning`).
     """
 
     def __init__(
         self, directory: Path, manifest: Manifest, *, name: str = "", buckets: tuple[int, ...], providers: tuple[str, ...],
         intra_op_threads: int, trt_cache_dir: Path, pad_to_buckets: bool | None = None,
-        intra_op_spinning: bool = False,
+        intra_op_spinning: bool | None = False, spin_between_runs: bool = False,
     ) -> None:
         verify_model_hash(directory, manifest)
         self.name = name or manifest.name
@@ -164,13 +208,16 @@ class Runner:
         self.input_shape = (3, *manifest.image_spec.input_size)
         self.output_names = [output.name for output in manifest.io.outputs]
         started = time.perf_counter()
-        self.session = open_session(
-            directory / MODEL_FILE, intra_op_threads=intra_op_threads, intra_op_spinning=intra_op_spinning,
-            providers=session_providers(
+        opener = functools.partial(
+            open_session, directory / MODEL_FILE, intra_op_threads=intra_op_threads, providers=session_providers(
                 providers, trt_cache_dir=trt_cache_dir, input_name=self.input_name,
                 input_shape=self.input_shape, max_batch=buckets[-1],
             ),
         )
+        if intra_op_spinning is None:
+            self.session = pick_spinning(opener, self.input_name, self.input_shape, self.name)
+        else:
+            self.session = opener(intra_op_spinning=intra_op_spinning, spin_between_runs=spin_between_runs)
         self.provider = self.session.get_providers()[0]
         # NOTE: TensorRT builds an engine and cuDNN picks algorithms per input shape, so GPU batches
         # are padded to warmed buckets. On the CPU provider cost grows with the batch and nothing is

@@ -33,6 +33,7 @@ class TextRunner:
     def __init__(
         self, directory: Path, manifest: Manifest, *, name: str = "", buckets: tuple[int, ...],
         providers: tuple[str, ...], intra_op_threads: int, trt_cache_dir: Path, intra_op_spinning: bool = False,
+        spin_between_runs: bool = False,
     ) -> None:
         verify_model_hash(directory, manifest)
         spec = manifest.text_spec
@@ -49,7 +50,7 @@ class TextRunner:
         started = time.perf_counter()
         self.session = open_session(
             directory / MODEL_FILE, intra_op_threads=intra_op_threads, intra_op_spinning=intra_op_spinning,
-            providers=session_providers(
+            spin_between_runs=spin_between_runs, providers=session_providers(
                 tuple(p for p in providers if p != "TensorrtExecutionProvider"), trt_cache_dir=trt_cache_dir,
                 input_name=self.names[0], input_shape=(spec.max_tokens,), max_batch=buckets[-1],
             ),

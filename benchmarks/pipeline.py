@@ -2,7 +2,7 @@
 
 Decode + preprocess run in a thread pool (Pillow releases the GIL) while ONNX Runtime runs the
 previous batch, with the session settings the service uses (`Runner`, CPU provider, intra-op
-spinning off). No HTTP, no Ray, no queues beyond one batch in flight: anything that serves or
+spinning as `GRAFT_INTRA_OP_SPINNING` says). No HTTP, no Ray, no queues beyond one batch in flight: anything that serves or
 batch-processes the same bytes on the same machine is measured against this figure.
 """
 
@@ -128,7 +128,7 @@ def pipeline_ceiling(
     manifest = read_manifest(directory)
     runner = Runner(
         directory, manifest, buckets=tuple(sorted(set(batch_sizes))), providers=("CPUExecutionProvider",),
-        intra_op_threads=intra_op_threads, trt_cache_dir=directory / ".trt-unused", intra_op_spinning=False,
+        intra_op_threads=intra_op_threads, trt_cache_dir=directory / ".trt-unused", **ServeConfig().session_spinning(),
     )
     threads = decode_threads or ServeConfig().decode_threads
     spec = manifest.preprocessing

@@ -37,7 +37,7 @@ class Engine:
         self.runner = runner(
             model.directory, model.manifest, name=model.name, buckets=config.batch_buckets(),
             providers=config.providers, intra_op_threads=config.session_threads(),
-            trt_cache_dir=config.trt_cache_dir, intra_op_spinning=config.intra_op_spinning,
+            trt_cache_dir=config.trt_cache_dir, **config.session_spinning(),
         )
         self.text = self.runner if isinstance(self.runner, TextRunner) else None
         self.batcher = Batcher(
