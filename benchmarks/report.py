@@ -147,11 +147,17 @@ def _batches(row: dict) -> str | None:
     return f"mean {batch['mean']:.1f} [{dist}]"
 
 
+def _clients(row: dict) -> str:
+    """How many clients, and how they treat a 429 when it is not the plain closed loop."""
+    mode = row.get("mode", "closed")
+    return str(row["concurrency"]) if mode == "closed" else f"{row['concurrency']} ({mode})"
+
+
 def service_table(cells: list[dict]) -> str:
     return _table(
         ["server", "endpoint", "size", "clients", "requests", "errors (p99 ms to answer)", "unfinished", "images/s",
          "p50 ms", "p95 ms", "p99 ms", "executed batch (le:count)", "server time split"],
-        [[c["server"], c["endpoint"], c["size"], c["concurrency"], c["requests"], _errors(c), c["unfinished"],
+        [[c["server"], c["endpoint"], c["size"], _clients(c), c["requests"], _errors(c), c["unfinished"],
           c["images_per_s"], c["latency_ms"].get("p50"), c["latency_ms"].get("p95"), c["latency_ms"].get("p99"),
           _batches(c), _split(c)] for c in cells],
     )
@@ -163,7 +169,7 @@ def ratio_table(cells: list[dict]) -> str:
     rows = []
     for c in cells:
         b = baseline.get((c["endpoint"], c["size"], c["concurrency"]))
-        if c["server"] == "graft" and b and b["images_per_s"]:
+        if c["server"] == "graft" and c.get("mode", "closed") == "closed" and b and b["images_per_s"]:
             rows.append([c["endpoint"], c["size"], c["concurrency"], c["images_per_s"], b["images_per_s"],
                          c["images_per_s"] / b["images_per_s"]])
     return _table(["endpoint", "size", "clients", "graft images/s", "baseline images/s", "graft ÷ baseline"], rows)
@@ -263,6 +269,7 @@ def plot_service(cells: list[dict], ceiling: dict | None, folder: Path, pipeline
     """Throughput vs concurrency (every server/endpoint/size, with the model and pipeline ceilings)
     and latency percentiles vs concurrency (one panel per server, 224-px /classify)."""
     plt = _pyplot()
+    cells = [c for c in cells if c.get("mode") != "storm"]  # the storm's refusals are not a point on these lines
     series = list(dict.fromkeys((c["server"], c["endpoint"], c["size"]) for c in cells))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key in series:

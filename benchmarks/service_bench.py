@@ -7,7 +7,8 @@ One run measures, on the same machine and in this order (so nothing competes for
 3. graft's service (started with `graft serve` on a free loopback port, or `--url`): every cell of
    endpoint x image size x concurrency, each bracketed by `/metrics` scrapes whose difference gives
    the executed batch sizes and the server time per stage for exactly that cell's requests; then
-   the overload cell (far more clients than the service admits; refused clients honour Retry-After);
+   the overload cell (far more clients than the service admits; refused clients honour Retry-After)
+   and the retry-storm cell (as many clients, retrying at once on a 429);
 4. the baseline server (`benchmarks.baseline_server`) with the same cells;
 then the serving-core targets, each met or missed with its ratio.
 """
@@ -46,6 +47,9 @@ class Cell:
     endpoint: str
     size: str
     concurrency: int
+    mode: str = "closed"
+    """closed: every client sends its next request on an answer; overload: a refused client waits
+    as its 429's Retry-After says; storm: a refused client retries at once (no back-off)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class Plan:
     overload_max_requests: int = 5000
     """The overload cell runs for `max_seconds` like the others, but may send this many requests:
     with 200 clients, 600 requests would measure little more than the first connection storm."""
+    storm_concurrency: int | None = 200
+    """graft only: /classify 224-px at this many clients that retry at once on a 429 (None: skip); it
+    runs for `max_seconds` with no request limit (refusals are what it sends most)."""
     sizes: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {"classify": ("224", "640", "2000"), "embed": ("224",)}
     )
@@ -78,6 +85,7 @@ class Plan:
             ceiling_batch_sizes=(1, 8),
             ceiling_timing=QUICK_TIMING,
             overload_concurrency=None,
+            storm_concurrency=None,
             pipeline_seconds=0.5,
             large_pipeline_batch_sizes=(8,),
         )
@@ -95,7 +103,9 @@ class Plan:
             for concurrency in self.concurrency
         ]
         if server == "graft" and self.overload_concurrency:
-            cells.append(Cell("classify", "224", self.overload_concurrency))
+            cells.append(Cell("classify", "224", self.overload_concurrency, "overload"))
+        if server == "graft" and self.storm_concurrency:
+            cells.append(Cell("classify", "224", self.storm_concurrency, "storm"))
         return cells
 
 
@@ -215,18 +225,22 @@ def run_cells(
             if profiled:
                 recording.append(profile.start(profile_pid, plan.max_seconds, profile_file))
 
-        label = f"{server} /{cell.endpoint} {cell.size}px c={cell.concurrency} [{number}/{len(cells)}]"
-        overload = cell.concurrency == plan.overload_concurrency
+        mode = "" if cell.mode == "closed" else f" {cell.mode}"
+        label = f"{server} /{cell.endpoint} {cell.size}px c={cell.concurrency}{mode} [{number}/{len(cells)}]"
+        max_requests = {"closed": plan.max_requests, "overload": plan.overload_max_requests}.get(cell.mode, 10**7)
+        driver_cpu = time.process_time()
         result = run_load(
             workload,
             concurrency=cell.concurrency,
-            max_requests=plan.overload_max_requests if overload else plan.max_requests,
+            max_requests=max_requests,
             max_seconds=plan.max_seconds,
             on_measure_start=on_measure_start,
             label=label,
-            honor_retry_after=overload,
+            honor_retry_after=cell.mode == "overload",
         )
-        row = {"server": server, **asdict(cell), **result.figures()}
+        row = {"server": server, **asdict(cell), **result.figures(),
+               # How the driver and the server shared the machine's cores during the cell.
+               "driver_cpu_s": time.process_time() - driver_cpu}
         if recording:
             row["profile"] = profile.finish(recording[0], profile_file)
         if with_metrics:
@@ -246,9 +260,10 @@ def run_cells(
 
 
 # ---- targets ------------------------------------------------------------------------------------
-def _find(rows: list[dict], server: str, endpoint: str, size: str, concurrency: int) -> dict | None:
+def _find(rows: list[dict], server: str, endpoint: str, size: str, concurrency: int, mode: str = "closed") -> dict | None:
     return next(
-        (r for r in rows if (r["server"], r["endpoint"], r["size"], r["concurrency"]) == (server, endpoint, size, concurrency)),
+        (r for r in rows if (r["server"], r["endpoint"], r["size"], r["concurrency"], r.get("mode", "closed")) ==
+         (server, endpoint, size, concurrency, mode)),
         None,
     )
 
@@ -262,7 +277,7 @@ def _target(name: str, value: float | None, threshold: float, higher_is_better: 
 
 def evaluate_targets(
     rows: list[dict], pipeline: dict | None, overload: int | None, clients: int = 16, *,
-    large_pipeline: dict | None = None,
+    large_pipeline: dict | None = None, storm: int | None = None,
 ) -> list[dict]:
     """The serving-core targets (Lite0, 224-px JPEGs, /classify) from one run's figures.
 
@@ -275,7 +290,7 @@ def evaluate_targets(
     single = _find(rows, "graft", "classify", "224", 1)
     large = _find(rows, "graft", "classify", "2000", clients)
     busy = _find(rows, "graft", "classify", "224", 64)
-    flooded = _find(rows, "graft", "classify", "224", overload) if overload else None
+    flooded = _find(rows, "graft", "classify", "224", overload, "overload") if overload else None
     best = pipeline["images_per_second"] if pipeline else None
     batch1 = pipeline["batch1_p50_ms"] if pipeline else None
 
@@ -320,6 +335,14 @@ def evaluate_targets(
             _target(f"no 5xx and no dropped connections at {overload} clients", failures, 0, False,
                     f"errors other than 429: {({e: n for e, n in (flooded or {}).get('errors', {}).items() if e != '429'})}"),
         ]
+    if storm:
+        stormed = _find(rows, "graft", "classify", "224", storm, "storm")
+        targets.append(_target(
+            f"accepted images/s with {storm} clients retrying at once >= 0.8x {clients} clients",
+            ratio(stormed, graft and graft["images_per_s"]), 0.8, True,
+            f"{stormed and round(stormed['images_per_s'], 1)} / {graft and round(graft['images_per_s'], 1)} images/s "
+            f"({(stormed or {}).get('errors', {}).get('429', 0)} refused)",
+        ))
     return targets
 
 
@@ -387,5 +410,6 @@ def bench_service(
         "pipeline": pipeline_figures,
         "pipeline_2000": large_pipeline,
         "cells": rows,
-        "targets": evaluate_targets(rows, pipeline_figures, plan.overload_concurrency, large_pipeline=large_pipeline),
+        "targets": evaluate_targets(rows, pipeline_figures, plan.overload_concurrency, large_pipeline=large_pipeline,
+                                    storm=plan.storm_concurrency),
     }

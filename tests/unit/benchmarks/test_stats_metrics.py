@@ -75,8 +75,8 @@ def test_no_histograms_means_none():
     assert metrics.stage_seconds(empty) is None
 
 
-def _row(server, size, clients, images_per_s, p50=10.0, p99=20.0, errors=None, error_latency_ms=None):
-    return {"server": server, "endpoint": "classify", "size": size, "concurrency": clients,
+def _row(server, size, clients, images_per_s, p50=10.0, p99=20.0, errors=None, error_latency_ms=None, mode="closed"):
+    return {"server": server, "endpoint": "classify", "size": size, "concurrency": clients, "mode": mode,
             "images_per_s": images_per_s, "latency_ms": {"p50": p50, "p99": p99},
             "errors": errors or {}, "error_latency_ms": error_latency_ms or {}}
 
@@ -86,9 +86,11 @@ def test_targets_report_ratios_and_verdicts():
             _row("graft", "2000", 16, 45.0), _row("baseline", "224", 16, 30.0),
             _row("graft", "224", 64, 90.0, p99=800.0),
             _row("graft", "224", 200, 85.0, p99=1200.0, errors={"429": 500, "503": 2},
-                 error_latency_ms={"429": {"p99": 40.0}})]
+                 error_latency_ms={"429": {"p99": 40.0}}, mode="overload"),
+            _row("graft", "224", 200, 63.0, p99=3000.0, errors={"429": 9000}, mode="storm")]
     pipeline = {"images_per_second": 100.0, "batch1_p50_ms": 14.0}
-    efficiency, speedup, single, large, refused, accepted, failures = evaluate_targets(rows, pipeline, 200)
+    efficiency, speedup, single, large, refused, accepted, failures, storm = evaluate_targets(
+        rows, pipeline, 200, storm=200)
     assert (efficiency["value"], efficiency["met"]) == (pytest.approx(0.9), True)
     assert (speedup["value"], speedup["met"]) == (pytest.approx(3.0), False)
     assert (single["value"], single["met"]) == (pytest.approx(20 / 17), False)
@@ -96,6 +98,8 @@ def test_targets_report_ratios_and_verdicts():
     assert (refused["value"], refused["met"]) == (40.0, True)
     assert (accepted["value"], accepted["met"]) == (pytest.approx(1.5), True)
     assert (failures["value"], failures["met"]) == (2, False)
+    assert (storm["value"], storm["met"]) == (pytest.approx(0.7), False)
+    assert "9000 refused" in storm["detail"]
 
 
 def test_the_2000px_target_names_its_bound_from_the_large_pipeline_ceiling():

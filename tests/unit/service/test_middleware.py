@@ -6,7 +6,7 @@ import asyncio
 import httpx
 from starlette.responses import JSONResponse
 
-from graft.service.middleware import RequestGuard
+from graft.service.middleware import RETRY_AFTER_S, RequestGuard
 from tests.unit.service.conftest import until
 
 
@@ -82,3 +82,54 @@ def test_other_paths_pass_untouched():
             return await client.post("/other", content=b"x" * 50)
 
     assert asyncio.run(run()).status_code == 200
+
+
+def _client(guard, port):
+    """A client whose requests the guard sees as coming from one connection (127.0.0.1:`port`)."""
+    transport = httpx.ASGITransport(app=guard, client=("127.0.0.1", port))
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+def test_a_refusal_reads_no_body_and_says_when_to_retry():
+    read = []
+
+    async def body():
+        read.append(True)
+        yield b"x" * 100
+
+    async def run():
+        app = HeldApp(held=True)
+        guard = RequestGuard(app, guarded=lambda path: path == "/classify", max_request_bytes=1000, max_concurrency=1)
+        async with _client(guard, 1) as holder, _client(guard, 2) as refused:
+            held = asyncio.ensure_future(holder.post("/classify", content=b"{}"))
+            await until(lambda: app.inside == 1)
+            response = await refused.post("/classify", content=body())
+            app.release.set()
+            await held
+            return response
+
+    response = asyncio.run(run())
+    assert response.status_code == 429 and response.headers["retry-after"] == str(RETRY_AFTER_S)
+    assert not read, "the refused request's body was read"
+
+
+def test_a_connection_retrying_at_once_is_paced_then_admitted():
+    """A client refused and back at once (no back-off) waits out its Retry-After inside the guard;
+    room freed meanwhile admits it instead of refusing it again."""
+    async def run():
+        app = HeldApp(held=True)
+        guard = RequestGuard(app, guarded=lambda path: path == "/classify", max_request_bytes=1000, max_concurrency=1)
+        async with _client(guard, 1) as holder, _client(guard, 2) as storm:
+            held = asyncio.ensure_future(holder.post("/classify", content=b"{}"))
+            await until(lambda: app.inside == 1)
+            first = await storm.post("/classify", content=b"{}")
+            assert ("127.0.0.1", 2) in guard.refused_at
+            retry = asyncio.ensure_future(storm.post("/classify", content=b"{}"))
+            await until(lambda: ("127.0.0.1", 2) not in guard.refused_at)  # inside the guard, being paced
+            assert not retry.done()
+            app.release.set()
+            return first, await held, await retry
+
+    first, held, retry = asyncio.run(run())
+    assert (first.status_code, held.status_code, retry.status_code) == (429, 200, 200)
+
