@@ -48,11 +48,13 @@ def openapi_spec(endpoints: Iterable, extra_routes: dict[str, str], *, server: s
     paths: dict[str, dict] = {}
     for endpoint in endpoints:
         operation: dict = {"summary": endpoint.summary, "responses": {}}
+        content: dict[str, dict] = {}  # /embed, /classify and /heads take a form (images) or JSON (texts)
         if endpoint.form is not None:
-            operation["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": _form_schema(endpoint.form)}}}
-        elif endpoint.request is not None:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": _ref(endpoint.request, schemas)}}}
+            content["multipart/form-data"] = {"schema": _form_schema(endpoint.form)}
+        if endpoint.request is not None:
+            content["application/json"] = {"schema": _ref(endpoint.request, schemas)}
+        if content:
+            operation["requestBody"] = {"required": True, "content": content}
         success: dict[str, Any] = {"description": "Created" if endpoint.status == 201 else "OK"}
         if endpoint.response is not None:
             success["content"] = {"application/json": {"schema": _ref(endpoint.response, schemas)}}

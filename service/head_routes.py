@@ -8,6 +8,7 @@ request, fits a softmax regression in a worker thread (`graft.artifact.head_fit`
 from __future__ import annotations
 
 import asyncio
+from typing import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,8 +16,9 @@ from starlette.responses import JSONResponse, Response
 from graft import __version__
 from graft.artifact.head_fit import HeadFitError, fit_head
 from graft.artifact.heads import NAME_PATTERN, Provenance, make_head, now
-from graft.service import schemas
+from graft.service import schemas, texts
 from graft.service.endpoint import Endpoint, service, watched
+from graft.service.engine import Engine
 from graft.service.errors import BadRequest, NotFound
 from graft.service.forms import Field, boolean, read_form, text
 
@@ -29,25 +31,49 @@ FIT_FIELDS = {
 
 
 async def create_head(request: Request) -> Response:
+    """A head from a form of labelled images, or (text models) a JSON body of labelled texts."""
     graft = service()
     config = graft.config
+    if texts.is_json(request):
+        body = await texts.read_texts(request, texts.FitTexts)
+
+        async def embed_texts(engine: Engine) -> list[dict]:
+            return (await graft.run_texts(engine, body.texts, max_texts=config.max_fit_images, truncate=body.truncate,
+                                          budget_per_chunk=True))[0]
+
+        return await _fit(request, body.name, body.labels, len(body.texts), "text", backbone=body.backbone,
+                          overwrite=body.overwrite, embed=embed_texts)
     form = await read_form(request, FIT_FIELDS, max_images=config.max_fit_images)
-    name, labels, overwrite = form.options["name"], form.options["labels"], form.options["overwrite"]
+
+    def embed_images(engine: Engine) -> Awaitable[list[dict]]:
+        return graft.run_images(engine, form.images, max_images=config.max_fit_images, budget_per_chunk=True)
+
+    return await _fit(request, form.options["name"], form.options["labels"], len(form.images), "image",
+                      backbone=form.options["backbone"], overwrite=form.options["overwrite"], embed=embed_images)
+
+
+async def _fit(
+    request: Request, name: str, labels: list[str], count: int, item: str, *, backbone: str, overwrite: bool,
+    embed: Callable[[Engine], Awaitable[list[dict]]],
+) -> Response:
+    """Fit head `name` on `count` labelled items (`item`: image or text) that `embed` puts through
+    the backbone, write it and serve it."""
+    graft = service()
+    config = graft.config
     if not name:
-        raise BadRequest(expected=f"a form field 'name' matching {NAME_PATTERN}", got="none")
-    if len(labels) != len(form.images):
-        raise BadRequest(expected="one 'labels' value per image, in the same order",
-                         got=f"{len(labels)} labels for {len(form.images)} images")
+        raise BadRequest(expected=f"a field 'name' matching {NAME_PATTERN}", got="none")
+    if len(labels) != count:
+        raise BadRequest(expected=f"one 'labels' value per {item}, in the same order",
+                         got=f"{len(labels)} labels for {count} {item}s")
     if len(set(labels)) > config.max_classes:
         raise BadRequest(expected=f"at most {config.max_classes} classes", got=str(len(set(labels))))
-    backbone = form.options["backbone"] or graft.default_model
+    backbone = backbone or graft.default_model
     if backbone not in graft.engines:  # heads are no backbones: they are not offered
         raise NotFound(expected=f"backbone to be one of the served models {sorted(graft.engines)}", got=repr(backbone))
     target = graft.target(backbone)
     engine = target.engine
     graft.heads.check_put(name, engine.name, overwrite=overwrite)  # the store reserves served models' names
-    work = graft.run_images(engine, form.images, max_images=config.max_fit_images, budget_per_chunk=True)
-    results = await watched(request, work, engine.name)
+    results = await watched(request, embed(engine), engine.name)
     embeddings = target.outputs(results, ("embedding",))["embedding"]
     loop = asyncio.get_running_loop()
     try:
@@ -88,9 +114,10 @@ async def delete_head(request: Request) -> Response:
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/heads", create_head,
-             "Fit a head (softmax regression on the backbone's embedding) from labelled images and serve it at "
-             "once as a model for /classify; needs the admin token.",
-             form=FIT_FIELDS, response=schemas.HeadFitResponse, status=201,
+             "Fit a head (softmax regression on the backbone's embedding) from labelled images (a form) or, for "
+             'a text model, labelled texts (JSON {"name", "texts", "labels", "backbone"}) and serve it at once as '
+             "a model for /classify; needs the admin token.",
+             form=FIT_FIELDS, request=texts.FitTexts, response=schemas.HeadFitResponse, status=201,
              errors=(400, 401, 403, 404, 409, 413, 429, 501, 503),
              access="admin", guarded=True),
     Endpoint("GET", "/heads", list_heads, "The served heads with their backbone, labels and provenance.",

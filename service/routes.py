@@ -165,13 +165,17 @@ def _base_url(request: Request) -> str:
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/classify", classify,
-             "Top-k labels for each image (softmax probabilities, best first), one list per image in order.",
-             form=CLASSIFY_FIELDS, response=schemas.ClassifyResponse, errors=(400, 401, 404, 413, 429, 503),
+             "Top-k labels for each image (softmax probabilities, best first), one list per image in order; a "
+             'text model\'s heads take JSON {"texts": [...]} instead, and the answer lists truncated texts.',
+             form=CLASSIFY_FIELDS, request=texts.ClassifyTexts, response=schemas.ClassifyResponse,
+             errors=(400, 401, 404, 413, 429, 503),
              access="api", guarded=True),
     Endpoint("POST", "/embed", embed,
-             "One embedding per image, in order; L2-normalised unless normalize=false; as JSON numbers, base64, "
+             "One embedding per image (a text model: per text, sent as JSON {\"texts\": [...]}), in order; "
+             "L2-normalised unless normalize=false; as JSON numbers, base64, "
              "raw bytes or .npy (encoding), float32 or float16 (dtype).",
-             form=EMBED_FIELDS, response=schemas.EmbedResponse, errors=(400, 401, 404, 413, 429, 503),
+             form=EMBED_FIELDS, request=texts.EmbedTexts, response=schemas.EmbedResponse,
+             errors=(400, 401, 404, 413, 429, 503),
              access="api", guarded=True),
     Endpoint("GET", "/models", list_models,
              "The served models: task, label count, embedding dim, version, execution provider, heads.",

@@ -22,6 +22,8 @@ class ClassifyResponse(BaseModel):
     top_k: int = Field(description="labels returned per image (the request's top_k, capped at the label count)")
     top_k_capped: bool = Field(description="true when the top_k the request sent exceeded the model's label count")
     predictions: list[list[Prediction]] = Field(description="one list per image, in the order sent, best first")
+    truncated: list[int] | None = Field(None, description="texts only: the indices of texts cut to the model's "
+                                        "token limit")
 
 
 class EmbedResponse(BaseModel):
@@ -30,6 +32,8 @@ class EmbedResponse(BaseModel):
     normalized: bool
     encoding: Literal["base64"] | None = Field(None, description="present with encoding=base64 only")
     dtype: Literal["float32", "float16"] | None = Field(None, description="present with encoding=base64 only")
+    truncated: list[int] | None = Field(None, description="texts only: the indices of texts cut to the model's "
+                                        "token limit")
     embeddings: list[list[float]] | list[str] = Field(
         description="one vector per image, in the order sent; with encoding=base64, a base64 string of its "
                     "little-endian dtype bytes")

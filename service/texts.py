@@ -44,7 +44,20 @@ class ClassifyTexts(TextsRequest):
     top_k: Annotated[int, Field(ge=1, strict=True)] | None = None
 
 
-Body = TypeVar("Body", bound=TextsRequest)
+class FitTexts(BaseModel):
+    """`POST /heads` with labelled texts: a head on a text model's embedding."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: StrictStr
+    texts: Annotated[list[StrictStr], Field(min_length=1)]
+    labels: Annotated[list[StrictStr], Field(min_length=1)]
+    backbone: StrictStr = ""
+    overwrite: StrictBool = False
+    truncate: StrictBool = True
+
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 async def read_texts(request: Request, kind: type[Body]) -> Body:
