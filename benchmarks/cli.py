@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     service.add_argument("--max-requests", type=positive(int), help="per cell (default 600; quick 16)")
     service.add_argument("--max-seconds", type=positive(float), help="seconds per cell, plus as long again for requests in flight (default 8; quick 2)")
     service.add_argument("--images-per-request", type=positive(int), help="image parts per request (default 1)")
+    service.add_argument("--compare", type=Path, nargs="+", metavar="DIR",
+                         help="also these artifacts (e.g. --model's INT8), one after the other in the same run: ceilings "
+                              "and graft's cells (no baseline, overload or storm), side by side with --model's")
     service.add_argument("--quick", action="store_true", help="CI smoke test: few cells, few requests (< 2 min)")
     service.add_argument("--profile", action="store_true",
                          help="py-spy the servers during the /classify cells at 16 clients (perturbs those figures)")
@@ -140,6 +143,14 @@ def run_service(args: argparse.Namespace) -> int:
                                            baseline_threads=args.baseline_threads,
                                            profile_servers=args.profile)
     result = {"environment": env, **result}
+    if args.compare:
+        compared = {args.model.name: result}
+        for extra in args.compare:
+            compared[extra.name] = service_bench.bench_service(
+                extra, out / extra.name, plan=dataclasses.replace(plan, overload_concurrency=None, storm_concurrency=None),
+                baseline=False)
+        result["compared"] = {name: figures for name, figures in compared.items() if name != args.model.name}
+        result["side_by_side"] = service_bench.side_by_side(compared)
     _finish(result, out, plot_service(result["cells"], result["ceiling"], out, result.get("pipeline")))
     missed = [t["name"] for t in result["targets"] if t["met"] is False]
     if missed:

@@ -226,7 +226,31 @@ def markdown(result: dict, command: str) -> str:
                   "## graft ÷ baseline", ratio_table(result["cells"]), *profile_sections(result["cells"])]
     if "targets" in result:
         parts += ["## Targets", targets_table(result["targets"])]
+    if result.get("side_by_side"):
+        parts += ["## Side by side (224-px JPEGs; ratios to the first)", side_by_side_table(result["side_by_side"])]
     return "\n\n".join(parts) + "\n"
+
+
+def side_by_side_table(rows: list[dict]) -> str:
+    """Each artifact's ceilings and service figures, with its ratio to the first artifact's."""
+    def with_ratio(value, ratio) -> str:
+        return "–" if value is None else f"{value:.1f}" + ("" if ratio is None else f" ({ratio:.2f}x)")
+
+    clients = [key[1:] for key in rows[0] if key.startswith("c") and key[1:].isdigit()]
+    header = ["model", "precision", "model ceiling images/s", "pipeline ceiling images/s"]
+    header += [f"{n} clients images/s; p50 / p99 ms" for n in clients]
+    body = []
+    for row in rows:
+        ratios = row["ratios"]
+        cells = [row["model"], row["precision"], with_ratio(row["model_ceiling"], ratios["model_ceiling"]),
+                 with_ratio(row["pipeline_ceiling"], ratios["pipeline_ceiling"])]
+        for n in clients:
+            figures = row[f"c{n}"]
+            p50 = with_ratio(figures["p50"], ratios[f"c{n}_p50"])
+            p99 = "–" if figures["p99"] is None else f"{figures['p99']:.1f}"
+            cells.append(f"{with_ratio(figures['images_per_s'], ratios[f'c{n}_images_per_s'])}; {p50} / {p99}")
+        body.append(cells)
+    return _table(header, body)
 
 
 # ---- plots ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -95,6 +95,16 @@ class Plan:
     """Batch sizes for the pipeline ceiling on 2000-px JPEGs (measured when the plan has that size):
     the most any server on this machine can do with them, the bound on the 2000-px target."""
 
+    endpoint: str = "classify"
+    """Where the overload and storm cells and the targets send their images."""
+
+    def for_task(self, task: str) -> Plan:
+        """The plan for an embedder (which has no /classify): every size on /embed."""
+        if task != "embedder":
+            return self
+        sizes = tuple(sorted({size for sizes in self.sizes.values() for size in sizes}, key=int))
+        return replace(self, sizes={"embed": sizes}, endpoint="embed")
+
     def cells(self, server: str) -> list[Cell]:
         cells = [
             Cell(endpoint, size, concurrency)
@@ -103,9 +113,9 @@ class Plan:
             for concurrency in self.concurrency
         ]
         if server == "graft" and self.overload_concurrency:
-            cells.append(Cell("classify", "224", self.overload_concurrency, "overload"))
+            cells.append(Cell(self.endpoint, "224", self.overload_concurrency, "overload"))
         if server == "graft" and self.storm_concurrency:
-            cells.append(Cell("classify", "224", self.storm_concurrency, "storm"))
+            cells.append(Cell(self.endpoint, "224", self.storm_concurrency, "storm"))
         return cells
 
 
@@ -277,7 +287,7 @@ def _target(name: str, value: float | None, threshold: float, higher_is_better: 
 
 def evaluate_targets(
     rows: list[dict], pipeline: dict | None, overload: int | None, clients: int = 16, *,
-    large_pipeline: dict | None = None, storm: int | None = None,
+    large_pipeline: dict | None = None, storm: int | None = None, endpoint: str = "classify",
 ) -> list[dict]:
     """The serving-core targets (Lite0, 224-px JPEGs, /classify) from one run's figures.
 
@@ -285,12 +295,12 @@ def evaluate_targets(
     on this machine decodes and runs them faster, so its ratio to the 224-px service rate is the
     highest the target's ratio can be here.
     """
-    graft = _find(rows, "graft", "classify", "224", clients)
-    baseline = _find(rows, "baseline", "classify", "224", clients)
-    single = _find(rows, "graft", "classify", "224", 1)
-    large = _find(rows, "graft", "classify", "2000", clients)
-    busy = _find(rows, "graft", "classify", "224", 64)
-    flooded = _find(rows, "graft", "classify", "224", overload, "overload") if overload else None
+    graft = _find(rows, "graft", endpoint, "224", clients)
+    baseline = _find(rows, "baseline", endpoint, "224", clients)
+    single = _find(rows, "graft", endpoint, "224", 1)
+    large = _find(rows, "graft", endpoint, "2000", clients)
+    busy = _find(rows, "graft", endpoint, "224", 64)
+    flooded = _find(rows, "graft", endpoint, "224", overload, "overload") if overload else None
     best = pipeline["images_per_second"] if pipeline else None
     batch1 = pipeline["batch1_p50_ms"] if pipeline else None
 
@@ -336,7 +346,7 @@ def evaluate_targets(
                     f"errors other than 429: {({e: n for e, n in (flooded or {}).get('errors', {}).items() if e != '429'})}"),
         ]
     if storm:
-        stormed = _find(rows, "graft", "classify", "224", storm, "storm")
+        stormed = _find(rows, "graft", endpoint, "224", storm, "storm")
         targets.append(_target(
             f"accepted images/s with {storm} clients retrying at once >= 0.8x {clients} clients",
             ratio(stormed, graft and graft["images_per_s"]), 0.8, True,
@@ -359,6 +369,7 @@ def bench_service(
 ) -> dict:
     """Ceiling, graft service, baseline and targets; returns everything the report needs."""
     manifest = read_manifest(model)
+    plan = plan.for_task(manifest.task)
     files = make_jpegs(out / "images", tuple(sorted({s for sizes in plan.sizes.values() for s in sizes})))
     logger.info("ceiling: raw ONNX Runtime on preprocessed 224-px JPEGs, %s", model)
     ceiling_figures = ceiling(model, files["224"], plan.ceiling_batch_sizes, out / "ort-cache", plan.ceiling_timing)
@@ -400,6 +411,7 @@ def bench_service(
             "model": str(model.resolve()),
             "model_name": manifest.name,
             "backbone": manifest.backbone,
+            "precision": manifest.precision,
             "servers": servers,
             "plan": asdict(plan),
             "profiled": profile_servers,
@@ -411,5 +423,31 @@ def bench_service(
         "pipeline_2000": large_pipeline,
         "cells": rows,
         "targets": evaluate_targets(rows, pipeline_figures, plan.overload_concurrency, large_pipeline=large_pipeline,
-                                    storm=plan.storm_concurrency),
+                                    storm=plan.storm_concurrency, endpoint=plan.endpoint),
     }
+
+
+def side_by_side(results: dict[str, dict], clients: tuple[int, ...] = (1, 16, 64)) -> list[dict]:
+    """One row per benchmarked artifact (the first is the reference): precision, model and pipeline
+    ceilings, and the service on 224-px JPEGs at each of `clients`, with ratios to the first."""
+    rows = []
+    for name, result in results.items():
+        endpoint = result["settings"]["plan"]["endpoint"]
+        row = {"model": name, "precision": result["settings"]["precision"],
+               "model_ceiling": result["ceiling"]["best"]["images_per_s"],
+               "pipeline_ceiling": result["pipeline"]["images_per_second"]}
+        for count in clients:
+            cell = _find(result["cells"], "graft", endpoint, "224", count) or {}
+            row[f"c{count}"] = {"images_per_s": cell.get("images_per_s"), "p50": cell.get("latency_ms", {}).get("p50"),
+                                "p99": cell.get("latency_ms", {}).get("p99")}
+        rows.append(row)
+    first = rows[0]
+    for row in rows:
+        row["ratios"] = {
+            key: row[key] / first[key] if row[key] and first[key] else None for key in ("model_ceiling", "pipeline_ceiling")}
+        for count in clients:
+            mine, theirs = row[f"c{count}"], first[f"c{count}"]
+            row["ratios"][f"c{count}_images_per_s"] = (
+                mine["images_per_s"] / theirs["images_per_s"] if mine["images_per_s"] and theirs["images_per_s"] else None)
+            row["ratios"][f"c{count}_p50"] = mine["p50"] / theirs["p50"] if mine["p50"] and theirs["p50"] else None
+    return rows
