@@ -90,6 +90,18 @@ def _client(guard, port):
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 
 
+def _one_slot():
+    """A guard admitting one request at a time, around an app that holds what it admits."""
+    app = HeldApp(held=True)
+    return app, RequestGuard(app, guarded=lambda path: path == "/classify", max_request_bytes=1000, max_concurrency=1)
+
+
+async def _take_the_slot(app, client):
+    held = asyncio.ensure_future(client.post("/classify", content=b"{}"))
+    await until(lambda: app.inside == 1)
+    return held
+
+
 def test_a_refusal_reads_no_body_and_says_when_to_retry():
     read = []
 
@@ -98,11 +110,9 @@ def test_a_refusal_reads_no_body_and_says_when_to_retry():
         yield b"x" * 100
 
     async def run():
-        app = HeldApp(held=True)
-        guard = RequestGuard(app, guarded=lambda path: path == "/classify", max_request_bytes=1000, max_concurrency=1)
+        app, guard = _one_slot()
         async with _client(guard, 1) as holder, _client(guard, 2) as refused:
-            held = asyncio.ensure_future(holder.post("/classify", content=b"{}"))
-            await until(lambda: app.inside == 1)
+            held = await _take_the_slot(app, holder)
             response = await refused.post("/classify", content=body())
             app.release.set()
             await held
@@ -117,11 +127,9 @@ def test_a_connection_retrying_at_once_is_paced_then_admitted():
     """A client refused and back at once (no back-off) waits out its Retry-After inside the guard;
     room freed meanwhile admits it instead of refusing it again."""
     async def run():
-        app = HeldApp(held=True)
-        guard = RequestGuard(app, guarded=lambda path: path == "/classify", max_request_bytes=1000, max_concurrency=1)
+        app, guard = _one_slot()
         async with _client(guard, 1) as holder, _client(guard, 2) as storm:
-            held = asyncio.ensure_future(holder.post("/classify", content=b"{}"))
-            await until(lambda: app.inside == 1)
+            held = await _take_the_slot(app, holder)
             first = await storm.post("/classify", content=b"{}")
             assert ("127.0.0.1", 2) in guard.refused_at
             retry = asyncio.ensure_future(storm.post("/classify", content=b"{}"))
