@@ -43,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="where the random-weights artifacts are exported and reused (default: %(default)s)")
     model.add_argument("--quick", action="store_true", help="Lite0 only, batch sizes 1,8, a few runs each")
     model.add_argument("--out", type=Path, help="results folder (default: results/<UTC timestamp>)")
+    model.add_argument("--compare", type=Path, nargs="+", metavar="DIR",
+                       help="instead: these artifacts (e.g. one model's FP32 and INT8) side by side on ONNX Runtime CPU, "
+                            "batch sizes 1,16,32 unless --batch-sizes, ratios to the first")
+    model.add_argument("--threads", type=positive(int), default=2, help="--compare: intra-op threads (default 2)")
+    model.add_argument("--rounds", type=positive(int), default=5, help="--compare: interleaved rounds (default 5)")
     model.set_defaults(handler=run_model)
 
     service = what.add_parser(
@@ -105,6 +110,8 @@ def run_model(args: argparse.Namespace) -> int:
 
     out = results_dir(args.out)
     env = environment()
+    if args.compare:
+        return _compare_models(args, out, env)
     backbones = args.backbones or (("tf_efficientnet_lite0",) if args.quick else model_bench.DEFAULT_BACKBONES)
     batch_sizes = args.batch_sizes or ((1, 8) if args.quick else model_bench.DEFAULT_BATCH_SIZES)
     timing = model_bench.QUICK_TIMING if args.quick else model_bench.Timing()
@@ -117,6 +124,19 @@ def run_model(args: argparse.Namespace) -> int:
         "rows": rows,
     }
     _finish(result, out, [plot_model(rows, out / "model.png")])
+    return 0
+
+
+def _compare_models(args: argparse.Namespace, out: Path, env: dict) -> int:
+    from graft.benchmarks import precision_bench
+    from graft.benchmarks.images import make_jpegs
+
+    images = make_jpegs(out / "jpegs", ("640",))["640"]
+    batch_sizes = args.batch_sizes or precision_bench.DEFAULT_BATCH_SIZES
+    rows = precision_bench.compare(args.compare, images, batch_sizes, threads=args.threads, rounds=args.rounds)
+    result = {"kind": "model-compare", "environment": env, "cpu": precision_bench.cpu_flags(), "rows": rows,
+              "command": shlex.join(["graft", *sys.argv[1:]])}
+    _write(result, out, precision_bench.markdown)
     return 0
 
 
