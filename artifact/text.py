@@ -86,6 +86,11 @@ class TextTokenizer:
         ]
 
 
+def truncated_indices(encoded: Sequence[Encoded]) -> list[int]:
+    """The positions of the encodings whose text was cut to `max_tokens`."""
+    return [index for index, encoding in enumerate(encoded) if encoding.truncated]
+
+
 def pad(sequences: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, attention_mask), both int64 [N, longest], for token id sequences of any lengths."""
     longest = max(len(ids) for ids in sequences)

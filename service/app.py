@@ -27,7 +27,7 @@ from graft.artifact.errors import GraftError
 from graft.artifact.image import ImageDecodeError
 from graft.artifact.manifest import MODEL_FILE, verify_model_hash
 from graft.artifact.store import is_store_tag
-from graft.artifact.text import TextError
+from graft.artifact.text import Encoded, TextError, truncated_indices
 from graft.service import bentoml_api, logs
 from graft.service.auth import Auth
 from graft.service.cache import ResultCache
@@ -282,12 +282,12 @@ class Worker:
     async def run_texts(
         self, engine: Engine, texts: list[str], *, arrived: float | None = None, timeout_ms: int | None = None,
         truncate: bool = True, max_texts: int | None = None, budget_per_chunk: bool = False,
-    ) -> tuple[list[dict], list[int]]:
+    ) -> tuple[list[dict], list[Encoded]]:
         """Tokenise `texts` in the thread pool and run them through text model `engine`'s batcher, in
         batch-sized chunks, within the request's latency budget (as `run_images`).
 
         Returns:
-            One result per text, in order, and the indices of the texts cut to the model's token limit.
+            One result per text, in order, and each text's tokens (`truncated`: cut to the model's limit).
 
         Raises:
             BadRequest: an image model, too many texts, an empty text, one over GRAFT_MAX_TEXT_CHARS,
@@ -310,7 +310,7 @@ class Worker:
         except TextError as error:
             raise BadRequest(f"texts: {error}", expected=error.expected, got=error.got) from None
         metrics().observe_stage("tokenize", engine.name, time.perf_counter() - started)
-        truncated = [index for index, encoding in enumerate(encoded) if encoding.truncated]
+        truncated = truncated_indices(encoded)
         if truncated and not truncate:
             raise BadRequest(expected=f"texts of at most {engine.text.tokenizer.spec.max_tokens} tokens, or "
                              "truncate=true", got=f"longer texts at indices {truncated}")
@@ -321,7 +321,7 @@ class Worker:
         for start in range(0, len(encoded), chunk):
             results += await engine.infer([encoding.ids for encoding in encoded[start:start + chunk]],
                                           deadline=deadline_after(limit) if budget_per_chunk else deadline)
-        return results, truncated
+        return results, encoded
 
     def _admit(self, count: int, max_images: int) -> None:
         """Refuse work while not ready (503) and requests with too many images (400)."""

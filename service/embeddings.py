@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from graft.artifact.postprocess import l2_normalize
+from graft.artifact.text import truncated_indices
 from graft.service.endpoint import service, watched
 from graft.service.engine import Target
 from graft.service.errors import BadRequest
@@ -38,10 +39,11 @@ async def embed_images(
     (within the latency budget from `arrived`); L2-normalised when `normalize`. A bad image is
     named `field[index]`."""
     work = service().run_images(target.engine, images, arrived=arrived, timeout_ms=timeout_ms, field=field)
-    return _vectors(target, await watched(request, work, target.name), normalize)
+    return vectors_of(target, await watched(request, work, target.name), normalize)
 
 
-def _vectors(target: Target, results: list[dict], normalize: bool) -> np.ndarray:
+def vectors_of(target: Target, results: list[dict], normalize: bool) -> np.ndarray:
+    """`target`'s [N, D] embeddings from its engine's per-item results, L2-normalised when `normalize`."""
     vectors = target.outputs(results, ("embedding",))["embedding"]
     return l2_normalize(vectors) if normalize else vectors
 
@@ -53,8 +55,8 @@ async def embed_texts(request: Request, body: EmbedTexts, *, arrived: float) -> 
     target = service().target(body.model)
     work = service().run_texts(target.engine, body.texts, arrived=arrived, timeout_ms=body.timeout_ms,
                                truncate=body.truncate)
-    results, truncated = await watched(request, work, target.name)
-    return target.name, _vectors(target, results, body.normalize), truncated
+    results, encoded = await watched(request, work, target.name)
+    return target.name, vectors_of(target, results, body.normalize), truncated_indices(encoded)
 
 
 async def embed_request(

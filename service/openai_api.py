@@ -1,4 +1,4 @@
-"""OpenAI's embeddings API for images: `POST /v1/embeddings`, `GET /v1/models[/{model}]`.
+"""OpenAI's embeddings API for images and texts: `POST /v1/embeddings`, `GET /v1/models[/{model}]`.
 
 Pipelines written against OpenAI's embeddings API (its official clients, LangChain, LlamaIndex,
 vector-database loaders) embed images unchanged: each `input` string is an encoded image, as a
@@ -9,7 +9,8 @@ Choices where OpenAI's text API does not carry over:
 - A URL is refused: the server never fetches what a client names.
 - `dimensions` is accepted only as the model's own embedding size: truncating a CNN's pooled
   features (unlike a Matryoshka-trained text model's) leaves no meaningful smaller embedding.
-- `usage` counts no tokens (images are not tokenised): both counts are 0.
+- `usage` counts no tokens for images (they are not tokenised); a text model's `input` strings are
+  texts, as in OpenAI's API, and `usage` counts their tokens.
 - Errors on `/v1` have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, whatever
   raised them (the route, auth, the guard's 413 and 429, an unknown path): `OpenAIErrors` reshapes
   graft's error bodies there, so every other route keeps graft's shape.
@@ -25,13 +26,14 @@ import time
 from datetime import datetime
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from graft.service.embeddings import base64_rows, embed_images
-from graft.service.endpoint import Endpoint, service
-from graft.service.engine import Engine
+from graft.service.embeddings import base64_rows, embed_images, vectors_of
+from graft.service.endpoint import Endpoint, service, watched
+from graft.service.engine import Engine, Target
 from graft.service.errors import BadRequest, NotFound
 
 PREFIX = "/v1"
@@ -168,15 +170,28 @@ async def create_embeddings(request: Request) -> Response:
         raise BadRequest(f"dimensions: expected {dim} (model {target.name!r}'s embedding size; graft does "
                          f"not shorten embeddings) or none, got {body.dimensions}",
                          expected=f"{dim} or none", got=str(body.dimensions))
-    images = [image_bytes(index, item) for index, item in enumerate(body.input)]
-    vectors = await embed_images(request, target, images, normalize=True, arrived=arrived, field="input")
+    tokens = 0
+    if target.engine.text is not None:  # strings are texts, as in OpenAI's own API
+        vectors, tokens = await _embed_texts(request, target, body.input, arrived)
+    else:
+        images = [image_bytes(index, item) for index, item in enumerate(body.input)]
+        vectors = await embed_images(request, target, images, normalize=True, arrived=arrived, field="input")
     rows = base64_rows(vectors, "float32") if body.encoding_format == "base64" else vectors.tolist()
     return JSONResponse({
         "object": "list",
         "data": [{"object": "embedding", "index": index, "embedding": row} for index, row in enumerate(rows)],
         "model": target.name,
-        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     })
+
+
+async def _embed_texts(request: Request, target: Target, texts: list[str], arrived: float) -> tuple[np.ndarray, int]:
+    """A text model's L2-normalised embeddings of `texts` and their token count. A text over the
+    model's token limit is refused (400), as OpenAI's API refuses one over its context: OpenAI's
+    response has no field to say a text was cut."""
+    work = service().run_texts(target.engine, texts, arrived=arrived, truncate=False)
+    results, encoded = await watched(request, work, target.name)
+    return vectors_of(target, results, True), sum(len(encoding.ids) for encoding in encoded)
 
 
 def _card(engine: Engine) -> dict:

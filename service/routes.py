@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 
 from graft.artifact.postprocess import top_k
+from graft.artifact.text import truncated_indices
 from graft.service import embeddings, head_routes, openai_api, schemas, texts, v2
 from graft.service.endpoint import ClientGone, Endpoint, Handler, service, watched
 from graft.service.engine import Engine, Target
@@ -102,7 +103,7 @@ async def classify_texts(request: Request, arrived: float) -> dict:
     async def run(engine: Engine) -> list[dict]:
         results, cut = await service().run_texts(engine, body.texts, arrived=arrived, timeout_ms=body.timeout_ms,
                                                  truncate=body.truncate)
-        truncated.extend(cut)
+        truncated.extend(truncated_indices(cut))
         return results
 
     return {**await _classify(request, body.model, body.top_k, run), "truncated": truncated}

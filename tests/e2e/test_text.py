@@ -153,3 +153,17 @@ def test_a_text_head_fitted_through_the_api_classifies_held_out_news(text_server
 def test_bad_text_head_fits_are_400(text_server, body, expected):
     answer = post(text_server, "/heads", {"backbone": TEXT_MODEL, **body}, headers=ADMIN)
     assert answer.status_code == 400 and expected in answer.json()["expected"], answer.text
+
+
+def test_openai_client_embeds_texts(text_server, text_artifact):
+    """The official client (base64 by default) gets the artifact's embeddings and real token counts;
+    a text over the model's limit is refused, as OpenAI refuses one over its context."""
+    from openai import BadRequestError, OpenAI
+
+    client = OpenAI(base_url=text_server.url + "/v1", api_key="unused")
+    response = client.embeddings.create(model=TEXT_MODEL, input=SENTENCES)
+    vectors = np.asarray([item.embedding for item in response.data], np.float32)
+    assert np.abs(vectors - reference(text_artifact, SENTENCES)).max() < 1e-5
+    assert len(SENTENCES) * 10 < response.usage.prompt_tokens < len(SENTENCES) * 40
+    with pytest.raises(BadRequestError, match="at most 256 tokens"):
+        client.embeddings.create(model=TEXT_MODEL, input=[" ".join(SENTENCES * 6)])
