@@ -10,6 +10,9 @@ What graft answers, per model (a classifier, an embedder, or a head on a backbon
   as `/classify` does; raw bytes in the binary extension, base64 strings in JSON (JSON strings
   must be text, and encoded images are not);
   the graph's input name (`manifest.io.input.name`): FP32 [N, 3, H, W] already preprocessed.
+  A text model takes `texts`: BYTES [N] of UTF-8 strings (raw bytes in the binary extension, JSON
+  strings as they are); a text over the model's token limit is refused, since OIP responses have
+  no field to say it was cut.
 - Outputs: `logits`, `probabilities` (softmax) and `embedding` (raw, not normalised) for models
   with labels; `embedding` only for embedders. All FP32 [N, dim]. The classification extension
   turns any of them into BYTES [N, k] strings "score:index:label", formatted as Triton does.
@@ -39,6 +42,7 @@ from graft.artifact.postprocess import top_k
 from graft.service.errors import BadRequest, NotFound
 
 IMAGES_INPUT = "images"
+TEXTS_INPUT = "texts"
 LABELLED_OUTPUTS = ("logits", "probabilities")
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")
 PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX model run by ONNX Runtime
@@ -102,7 +106,7 @@ class ModelSignature:
     name: str
     version: str
     input_name: str
-    input_size: tuple[int, int]
+    input_size: tuple[int, int] | None  # None: a text model, which takes strings
     embedding_dim: int
     labels: tuple[str, ...] = ()
     precision: str = "fp32"
@@ -111,7 +115,8 @@ class ModelSignature:
     def from_manifest(cls, name: str, manifest: Manifest) -> ModelSignature:
         return cls(
             name=name, version=manifest.version, input_name=manifest.io.input.name,
-            input_size=manifest.image_spec.input_size, embedding_dim=manifest.embedding_dim,
+            input_size=manifest.preprocessing.input_size if manifest.preprocessing else None,
+            embedding_dim=manifest.embedding_dim,
             labels=tuple(manifest.labels), precision=manifest.precision,
         )
 
@@ -138,15 +143,15 @@ def server_metadata(version: str) -> dict[str, Any]:
 def model_metadata(model: ModelSignature) -> dict[str, Any]:
     """`GET /v2/models/{model}`: both accepted inputs, the outputs, and (in `parameters`, which the
     tensor metadata has no room for) that a request sends exactly one of the inputs."""
-    height, width = model.input_size
+    inputs: list[dict[str, Any]] = [{"name": TEXTS_INPUT if model.input_size is None else IMAGES_INPUT,
+                                     "datatype": "BYTES", "shape": [-1]}]
+    if model.input_size is not None:
+        inputs.append({"name": model.input_name, "datatype": "FP32", "shape": [-1, 3, *model.input_size]})
     return {
         "name": model.name,
         "versions": [model.version],
         "platform": PLATFORM,
-        "inputs": [
-            {"name": IMAGES_INPUT, "datatype": "BYTES", "shape": [-1]},
-            {"name": model.input_name, "datatype": "FP32", "shape": [-1, 3, height, width]},
-        ],
+        "inputs": inputs,
         "outputs": [
             {"name": name, "datatype": "FP32", "shape": [-1, dim]} for name, dim in model.outputs.items()
         ],
@@ -155,6 +160,8 @@ def model_metadata(model: ModelSignature) -> dict[str, Any]:
 
 
 def _one_input(model: ModelSignature) -> str:
+    if model.input_size is None:
+        return f"exactly one input: BYTES '{TEXTS_INPUT}' [N] of UTF-8 strings"
     height, width = model.input_size
     return (f"exactly one input: BYTES '{IMAGES_INPUT}' [N] of encoded images, or FP32 "
             f"'{model.input_name}' [N, 3, {height}, {width}] already preprocessed")
@@ -168,18 +175,18 @@ def model_config(model: ModelSignature, max_batch_size: int) -> dict[str, Any]:
     config send [N, 1], which `model_input` accepts beside [N]. Both inputs are `optional`, since a
     request sends one of them: a client that fills every required input would send both.
     """
-    height, width = model.input_size
+    strings = {"name": TEXTS_INPUT if model.input_size is None else IMAGES_INPUT, "data_type": "TYPE_STRING",
+               "format": "FORMAT_NONE", "dims": [1], "reshape": {"shape": []}, "optional": True}
+    inputs: list[dict[str, Any]] = [strings]
+    if model.input_size is not None:
+        inputs.append({"name": model.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
+                       "dims": [3, *model.input_size], "optional": True})
     return {
         "name": model.name,
         "platform": PLATFORM,
         "backend": "onnxruntime",
         "max_batch_size": max_batch_size,
-        "input": [
-            {"name": IMAGES_INPUT, "data_type": "TYPE_STRING", "format": "FORMAT_NONE",
-             "dims": [1], "reshape": {"shape": []}, "optional": True},
-            {"name": model.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
-             "dims": [3, height, width], "optional": True},
-        ],
+        "input": inputs,
         "output": [
             {"name": name, "data_type": "TYPE_FP32", "dims": [dim]} for name, dim in model.outputs.items()
         ],
@@ -309,27 +316,32 @@ def parse_infer_request(body: bytes, header_length: str | int | None = None) -> 
 
 def model_input(
     request: InferRequest, model: ModelSignature,
-) -> tuple[Literal["images"], list[bytes]] | tuple[Literal["tensor"], np.ndarray]:
-    """The request's one input as graft runs it: encoded images, or a preprocessed float32 batch.
+) -> tuple[Literal["images"], list[bytes]] | tuple[Literal["tensor"], np.ndarray] | tuple[Literal["texts"], list[str]]:
+    """The request's one input as graft runs it: encoded images, a preprocessed float32 batch, or
+    (a text model) strings.
 
     Raises:
         BadRequest: not exactly one input, an empty batch, a datatype other than BYTES or FP32, a
             shape that is not [N] / [N, 1] (BYTES) or the model's [N, 3, H, W] (FP32), a JSON
-            string that is not base64, or a non-finite value in a preprocessed tensor.
+            string that is not base64, a text that is not UTF-8, or a non-finite value in a
+            preprocessed tensor.
     """
-    height, width = model.input_size
     accepted = _one_input(model)
     if len(request.inputs) != 1:
         raise BadRequest(expected=accepted, got=f"{len(request.inputs)} inputs "
                          f"{[tensor.name for tensor in request.inputs]}")
     tensor = request.inputs[0]
     shape = list(tensor.shape)
+    item = "text" if model.input_size is None else "image"
     if tensor.datatype == "BYTES":
         _expect(len(shape) == 1 or shape[1:] == [1], f"input '{tensor.name}'", "shape [N] or [N, 1]",
                 str(shape))
-        _expect(shape[0] > 0, f"input '{tensor.name}'", "at least one image", "none")
+        _expect(shape[0] > 0, f"input '{tensor.name}'", f"at least one {item}", "none")
+        if model.input_size is None:
+            return "texts", [_text(element, tensor.name, i) for i, element in enumerate(tensor.data)]
         return "images", [_image_bytes(element, tensor.name, i) for i, element in enumerate(tensor.data)]
-    if tensor.datatype == "FP32":
+    if tensor.datatype == "FP32" and model.input_size is not None:
+        height, width = model.input_size
         _expect(len(shape) == 4 and shape[1:] == [3, height, width], f"input '{tensor.name}'",
                 f"shape [N, 3, {height}, {width}]", str(shape))
         _expect(shape[0] > 0, f"input '{tensor.name}'", "at least one image", "none")
@@ -573,6 +585,17 @@ def _requested(specs: Any, binary_default: bool) -> tuple[RequestedOutput, ...]:
                 repr(class_count))
         outputs.append(RequestedOutput(name, binary, class_count))
     return tuple(outputs)
+
+
+def _text(element: bytes | str, name: str, index: int) -> str:
+    """A text: JSON strings as they are, binary BYTES decoded as UTF-8."""
+    if isinstance(element, str):
+        return element
+    try:
+        return element.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _refusal(f"input '{name}' element {index}", "UTF-8 text",
+                       f"an invalid byte at offset {error.start}") from None
 
 
 def _image_bytes(element: bytes | str, name: str, index: int) -> bytes:

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import time
 from collections import defaultdict
+from typing import Awaitable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -21,14 +22,10 @@ from graft import __version__
 from graft.service import oip, schemas
 from graft.service.endpoint import Endpoint, service, watched
 from graft.service.engine import Target
-from graft.service.errors import BadRequest
 from graft.service.metrics import metrics
 
 
 def _signature(target: Target) -> oip.ModelSignature:
-    if target.engine.text is not None:
-        raise BadRequest(expected="an image model on /v2 (text models: POST /embed or /classify with a JSON body "
-                         '{"texts": [...]})', got=f"the text model {target.engine.name!r}")
     signature = oip.ModelSignature.from_manifest(target.engine.name, target.engine.manifest)
     if target.head is None:
         return signature
@@ -39,8 +36,7 @@ def _served() -> list[Target]:
     """Every model, then every head, as `GET /models` lists them."""
     graft = service()
     heads = [Target(graft.engines[served.backbone], served.head) for _, served in graft.heads.items()]
-    targets = [*(Target(engine) for engine in graft.engines.values()), *heads]
-    return [target for target in targets if target.engine.text is None]  # /v2 serves image models
+    return [*(Target(engine) for engine in graft.engines.values()), *heads]
 
 
 def _model(request: Request) -> tuple[Target, oip.ModelSignature]:
@@ -149,11 +145,17 @@ async def infer(request: Request) -> Response:
     kind, data = oip.model_input(parsed, signature)
     if kind == "images":
         work = graft.run_images(target.engine, data, arrived=arrived)
+    elif kind == "texts":  # over the token limit: refused, an OIP response has no field to say it was cut
+        work = _results(graft.run_texts(target.engine, data, arrived=arrived, truncate=False))
     else:
         work = graft.run_tensor(target.engine, data, arrived=arrived)
     results = await watched(request, work, target.name)
     content, headers = oip.encode_infer_response(signature, parsed.id, target.outputs(results), requested)
     return Response(content, headers=headers)
+
+
+async def _results(work: Awaitable[tuple[list[dict], list]]) -> list[dict]:
+    return (await work)[0]
 
 
 def _versioned(method: str, path: str, handler, summary: str, **options) -> tuple[Endpoint, Endpoint]:

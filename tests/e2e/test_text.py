@@ -109,8 +109,6 @@ def test_images_and_texts_each_go_to_their_own_kind_of_model(text_server):
     assert texts_to_image.status_code == 400 and "multipart form" in texts_to_image.json()["expected"]
     classify = post(text_server, "/classify", {"texts": ["a cat"], "model": TEXT_MODEL})
     assert classify.status_code == 400 and "classifier" in classify.json()["expected"]
-    v2 = httpx.get(text_server.url + f"/v2/models/{TEXT_MODEL}")
-    assert v2.status_code == 400 and "image model on /v2" in v2.json()["expected"]
     assert httpx.post(text_server.url + "/embed", files=upload(png((32, 32))),
                       data={"model": synthetic.NAME}).status_code == 200
 
@@ -167,3 +165,23 @@ def test_openai_client_embeds_texts(text_server, text_artifact):
     assert len(SENTENCES) * 10 < response.usage.prompt_tokens < len(SENTENCES) * 40
     with pytest.raises(BadRequestError, match="at most 256 tokens"):
         client.embeddings.create(model=TEXT_MODEL, input=[" ".join(SENTENCES * 6)])
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_triton_client_sends_bytes_strings(text_server, text_artifact, binary):
+    """/v2 with the real tritonclient: BYTES texts (raw UTF-8 in the binary extension, JSON strings
+    otherwise) give the artifact's embeddings; the metadata names the one input."""
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    with triton.InferenceServerClient(text_server.url.removeprefix("http://"), network_timeout=60) as client:
+        metadata = client.get_model_metadata(TEXT_MODEL)
+        assert [(i["name"], i["datatype"]) for i in metadata["inputs"]] == [("texts", "BYTES")]
+        tensor = triton.InferInput("texts", [len(SENTENCES)], "BYTES")
+        tensor.set_data_from_numpy(np.array([s.encode() for s in SENTENCES], dtype=np.object_), binary_data=binary)
+        result = client.infer(TEXT_MODEL, [tensor])
+        assert np.abs(result.as_numpy("embedding") - reference(text_artifact, SENTENCES)).max() < 1e-5
+        bad = triton.InferInput("texts", [1], "BYTES")
+        bad.set_data_from_numpy(np.array([b"caf\xe9"], dtype=np.object_), binary_data=True)
+        with pytest.raises(InferenceServerException, match="UTF-8"):
+            client.infer(TEXT_MODEL, [bad])
