@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="--precision int8: at most N held-out images for the accuracy gate (default 192); "
                              "--head-only on an INT8 backbone: the run's evaluation images its gate uses (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="--precision int8: seeds the image samples (default 0)")
+    parser.add_argument("--float-convs", type=int, default=None, metavar="N",
+                        help="--precision int8: leave the first N convolutions float32 (default 3: more accurate, "
+                             "slower; 0 is fastest; figures in benchmarks/RESULTS.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory at --out")
     parser.add_argument("--name", help="the name it is served as (default: --out's last path component; "
                                        "--backbone: the backbone name)")
@@ -69,6 +72,7 @@ def _export(args: argparse.Namespace) -> int:
 
     from graft.export.api import Int8Options, export_backbone, export_run
     from graft.export.errors import ExportError
+    from graft.export.quantize import Settings
 
     if args.run and (args.headless or args.weights != "pretrained"):
         raise ExportError("expected --headless/--weights only with --backbone, got them with --run")
@@ -82,8 +86,9 @@ def _export(args: argparse.Namespace) -> int:
     held_out = args.held_out_size or Int8Options.held_out_size
     if min(args.calibration_size, held_out) < 2:
         raise ExportError(f"expected at least 2 calibration and 2 held-out images, got {args.calibration_size} and {held_out}")
+    settings = Settings() if args.float_convs is None else Settings(float_convs=args.float_convs)
     int8 = Int8Options(calibration=Path(args.calibration) if args.calibration else None,
-                       calibration_size=args.calibration_size, held_out_size=held_out, seed=args.seed)
+                       calibration_size=args.calibration_size, held_out_size=held_out, seed=args.seed, settings=settings)
     options = dict(precision=precision, int8=int8, overwrite=args.overwrite, model_name=args.name)
     if args.backbone:
         manifest = export_backbone(args.backbone, args.out, headless=args.headless, weights=args.weights, **options)

@@ -14,8 +14,10 @@ held-out images carry the model's own labels, accuracy falls by at most MAX_ACCU
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -66,17 +68,31 @@ def quantize(fp32: Path, out: Path, inputs: np.ndarray, settings: Settings) -> t
         graph = onnx.load(str(prepared))
         convs = [node.name for node in graph.graph.node if node.op_type == "Conv"]
         keep = tuple(convs[: settings.float_convs])
-        quantize_static(
-            str(prepared), str(out), _Batches(graph.graph.input[0].name, inputs),
-            quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, settings.calibration_method),
-            nodes_to_exclude=list(keep),
-        )
+        with _root_log_level(logging.WARNING):
+            quantize_static(
+                str(prepared), str(out), _Batches(graph.graph.input[0].name, inputs),
+                quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, settings.calibration_method),
+                nodes_to_exclude=list(keep),
+            )
     finally:
         prepared.unlink(missing_ok=True)
     onnx.checker.check_model(str(out), full_check=True)
     return keep
+
+
+@contextmanager
+def _root_log_level(level: int) -> Iterator[None]:
+    """NOTE: the quantizer logs a line per adjusted weight channel to the root logger (hundreds for
+    Lite0); at INFO they would bury graft's own lines."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(max(before, level))
+    try:
+        yield
+    finally:
+        root.setLevel(before)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -104,9 +120,8 @@ def gate(fp32: Path, int8: Path, inputs: np.ndarray, held_out: ImageSample,
             accuracy = {"fp32": float(np.mean(expected == targets)), "int8": float(np.mean(predicted == targets))}
     failures = failures_of(median, top1, accuracy)
     if failures:
-        raise QuantizationError(
-            f"INT8 accuracy gate failed on {len(inputs)} held-out images ({held_out.source}): {'; '.join(failures)}"
-        )
+        raise QuantizationError(f"INT8 accuracy gate failed on {len(inputs)} held-out images ({held_out.source}): "
+                                f"{'; '.join(failures)} (measured: {measured(median, top1, accuracy)})")
     figures = AccuracyGateFigures(
         held_out=held_out, median_cosine=median, min_median_cosine=MIN_MEDIAN_COSINE,
         worst_cosine=float(cosine.min()), top1_agreement=top1,
@@ -118,10 +133,10 @@ def gate(fp32: Path, int8: Path, inputs: np.ndarray, held_out: ImageSample,
     return figures
 
 
-def failures_of(median_cosine: float, top1: float | None, accuracy: dict[str, float] | None) -> list[str]:
-    """Each figure past its threshold, in words."""
+def failures_of(median_cosine: float | None, top1: float | None, accuracy: dict[str, float] | None) -> list[str]:
+    """Each figure past its threshold, in words; None: not gated."""
     failures = []
-    if median_cosine < MIN_MEDIAN_COSINE:
+    if median_cosine is not None and median_cosine < MIN_MEDIAN_COSINE:
         failures.append(f"median embedding cosine {median_cosine:.4f} < {MIN_MEDIAN_COSINE}")
     if top1 is not None and top1 < MIN_TOP1_AGREEMENT:
         failures.append(f"top-1 agreement with FP32 {top1:.2%} < {MIN_TOP1_AGREEMENT:.0%}")
@@ -129,6 +144,16 @@ def failures_of(median_cosine: float, top1: float | None, accuracy: dict[str, fl
         failures.append(f"accuracy {accuracy['int8']:.2%} vs FP32 {accuracy['fp32']:.2%}, a drop of "
                         f"{(accuracy['fp32'] - accuracy['int8']) * 100:.2f} points > {MAX_ACCURACY_DROP * 100:.1f}")
     return failures
+
+
+def measured(median_cosine: float, top1: float | None, accuracy: dict[str, float] | None) -> str:
+    """Every figure the gate measured, in words (a refusal names them all, not only the failures)."""
+    figures = [f"median cosine {median_cosine:.4f}"]
+    if top1 is not None:
+        figures.append(f"top-1 agreement {top1:.2%}")
+    if accuracy is not None:
+        figures.append(f"accuracy {accuracy['int8']:.2%} vs FP32 {accuracy['fp32']:.2%}")
+    return ", ".join(figures)
 
 
 def describe(settings: Settings, calibration: ImageSample, float_nodes: tuple[str, ...],
