@@ -28,11 +28,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="artifact directory or BentoML model tag")
     parser.add_argument("--input", required=True,
                         help="image folder (whole tree), glob ('photos/**/*.jpg'), single image, or Parquet "
-                        "file/dataset with an image-bytes or path column")
+                        "file/dataset with an image-bytes or path column (a text model: a text column)")
     parser.add_argument("--output", type=Path, required=True,
                         help="Parquet directory to create (written to OUT.tmp-<id>, then renamed)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output of graft batch")
-    parser.add_argument("--column", help="Parquet input: the image-bytes or path column (default: detected)")
+    parser.add_argument("--column", help="Parquet input: the image-bytes or path column (default: detected); for a "
+                        "text model, the string column of texts (default: text)")
     parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray for this job)")
     parser.add_argument("--batch-size", type=positive(int),
                         help=f"images per ONNX Runtime call (default: {_shared('max_batch_size')})")

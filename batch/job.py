@@ -27,7 +27,14 @@ from graft.artifact.manifest import Manifest, read_manifest
 from graft.artifact.outputs import atomic_directory, check_output_dir
 from graft.artifact.postprocess import served_identity
 from graft.artifact.settings import RuntimeSettings
-from graft.batch.sources import BatchInputError, FileSource, ParquetSource, resolve_model, resolve_source
+from graft.batch.sources import (
+    BatchInputError,
+    FileSource,
+    ParquetSource,
+    resolve_model,
+    resolve_source,
+    text_source,
+)
 from graft.batch.stages import CLASSIFY, EMBED, PATH, Infer, artifact_files, decode
 
 log = logging.getLogger(__name__)
@@ -166,6 +173,8 @@ def _check(config: JobConfig) -> tuple[Path, Manifest, FileSource | ParquetSourc
     directory = resolve_model(config.model)
     manifest = read_manifest(directory)
     names = served_identity(manifest)
+    if manifest.modality == "text" and config.task != EMBED:
+        raise BatchInputError(f"expected `graft batch embed` for the text model {manifest.name}, got {config.task}")
     if config.head is not None:
         if config.task != CLASSIFY:
             raise BatchInputError("expected --head with `graft batch classify`, got it with embed")
@@ -178,7 +187,11 @@ def _check(config: JobConfig) -> tuple[Path, Manifest, FileSource | ParquetSourc
         raise BatchInputError(
             f"expected a classifier artifact (or --head) for classify, got {manifest.task} {manifest.name}"
         )
-    source = resolve_source(config.input, column=config.column)
+    source: FileSource | ParquetSource
+    if manifest.modality == "text":
+        source = text_source(config.input, config.column)
+    else:
+        source = resolve_source(config.input, column=config.column)
     check_output_dir(config.output, config.overwrite, marker=SUMMARY_FILE, what="batch output directory",
                      error=BatchInputError)
     return directory, manifest, source, names
@@ -217,17 +230,21 @@ def build_pipeline(config: JobConfig, directory: Path, manifest: Manifest, sourc
     gpus = ray.cluster_resources().get("GPU", 0)
     gpus_per_actor = 1 if gpus >= 1 else 0
     actors = config.actors or max(1, int(gpus))
-    spec = manifest.preprocessing
-    bytes_column = source.bytes_column if isinstance(source, ParquetSource) else None
-    path_column = source.path_column if isinstance(source, ParquetSource) else PATH
-    dataset = _dataset(source).map_batches(
-        decode,
-        batch_size=config.decode_batch_size,
-        fn_kwargs={"spec": spec, "max_pixels": config.max_pixels, "bytes_column": bytes_column,
-                   "path_column": path_column},
-        compute=TaskPoolStrategy(size=config.decode_tasks),
-        num_cpus=1,
-    ).map_batches(
+    text_column = source.text_column if isinstance(source, ParquetSource) else None
+    if text_column is not None:  # texts are tokenised in the actor: microseconds beside the model
+        dataset = _dataset(source)
+    else:
+        bytes_column = source.bytes_column if isinstance(source, ParquetSource) else None
+        path_column = source.path_column if isinstance(source, ParquetSource) else PATH
+        dataset = _dataset(source).map_batches(
+            decode,
+            batch_size=config.decode_batch_size,
+            fn_kwargs={"spec": manifest.image_spec, "max_pixels": config.max_pixels, "bytes_column": bytes_column,
+                       "path_column": path_column},
+            compute=TaskPoolStrategy(size=config.decode_tasks),
+            num_cpus=1,
+        )
+    dataset = dataset.map_batches(
         Infer,
         batch_size=config.batch_size,
         batch_format="numpy",
@@ -239,6 +256,7 @@ def build_pipeline(config: JobConfig, directory: Path, manifest: Manifest, sourc
             "intra_op_threads": config.intra_op_threads, "trt_cache_dir": str(config.trt_cache_dir),
             "top_k": config.top_k, "normalize_embeddings": config.normalize,
             "head_files": None if config.head is None else [ray.put(_head_files(config.head))],
+            "text_column": text_column,
         },
         compute=ActorPoolStrategy(size=actors),
         num_cpus=config.actor_cpus,

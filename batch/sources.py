@@ -24,6 +24,7 @@ from graft.artifact.store import ArtifactNotFound, resolve_artifact
 
 PARQUET_SUFFIX = ".parquet"
 PATH_COLUMNS = ("path", "file", "filename", "uri")
+TEXT_COLUMN = "text"
 """String columns taken as image paths (in this order) when a Parquet dataset has no bytes column."""
 
 
@@ -48,6 +49,7 @@ class ParquetSource:
     location: str
     bytes_column: str | None
     path_column: str | None
+    text_column: str | None = None  # a text model's input: one string per row
 
 
 def _hidden(name: str) -> bool:
@@ -104,6 +106,30 @@ def _parquet_source(location: str, column: str | None) -> ParquetSource:
 
 def _first(names: list[str], wanted: tuple[str, ...]) -> str | None:
     return next((name for name in wanted if name in names), None)
+
+
+def text_source(location: str, column: str | None) -> ParquetSource:
+    """A Parquet dataset's string column of texts for a text model (`--column`, default `text`).
+
+    Raises:
+        BatchInputError: not a Parquet dataset, or no such string column.
+    """
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    path = Path(location).expanduser()
+    if not (path.is_file() and path.suffix == PARQUET_SUFFIX or path.is_dir() and _is_parquet_dir(path)):
+        raise BatchInputError(f"expected a Parquet file or dataset with a text column for a text model, got {location}")
+    try:
+        schema = pads.dataset(str(path), format="parquet").schema
+    except (OSError, pa.ArrowInvalid) as error:
+        raise BatchInputError(f"expected a readable Parquet dataset, got {location}: {error}") from None
+    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    wanted = column or TEXT_COLUMN
+    if wanted not in strings:
+        raise BatchInputError(f"expected a string column {wanted!r} of texts in {location} (name it with --column), "
+                              f"got string columns {strings}")
+    return ParquetSource(str(path), None, None, wanted)
 
 
 def resolve_source(location: str, *, column: str | None = None) -> FileSource | ParquetSource:

@@ -25,6 +25,8 @@ from graft.artifact.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, read_ma
 from graft.artifact.postprocess import batch_buckets, l2_normalize, served_identity, softmax, top_k
 from graft.artifact.preprocessing import PreprocessingSpec, crop, normalize
 from graft.artifact.runtime import Runner
+from graft.artifact.text import pad
+from graft.artifact.text_runtime import TextRunner
 
 log = logging.getLogger(__name__)
 
@@ -101,23 +103,27 @@ class Infer:
         top_k: predictions kept per image (classify).
         normalize_embeddings: L2-normalise embeddings (embed), as `/embed` does by default.
         head_files: a head artifact's files, or `[ray.put(those)]` (classify with a head), or None.
+        text_column: a text model's input column (embed): its rows are tokenised here and the
+            output adds `truncated` (the text was cut to the model's token limit).
     """
 
     def __init__(
         self, model_files: dict[str, bytes] | list, *, task: str, batch_size: int, providers: tuple[str, ...],
         intra_op_threads: int, trt_cache_dir: str, top_k: int = 5, normalize_embeddings: bool = True,
-        head_files: dict[str, bytes] | list | None = None,
+        head_files: dict[str, bytes] | list | None = None, text_column: str | None = None,
     ) -> None:
         directory = _materialise(_fetch(model_files), "graft-batch-model-")
         try:
             self.manifest: Manifest = read_manifest(directory)
-            self.runner = Runner(
+            runner = TextRunner if self.manifest.modality == "text" else Runner
+            self.runner = runner(
                 directory, self.manifest, buckets=batch_buckets(batch_size), providers=providers,
                 intra_op_threads=intra_op_threads, trt_cache_dir=Path(trt_cache_dir),
             )
         finally:
             shutil.rmtree(directory, ignore_errors=True)  # the session holds the model from here on
-        if self.runner.pad:
+        self.text_column = text_column or "text"
+        if isinstance(self.runner, Runner) and self.runner.pad:
             # GPU sessions compile per shape; CPU sessions have nothing to warm.
             self.runner.warmup()
         self.task = task
@@ -138,6 +144,8 @@ class Infer:
         self.model_name, self.model_version = served_identity(self.manifest, self.head)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        if isinstance(self.runner, TextRunner):
+            return self._texts(self.runner, batch)
         errors = [str(e) or None for e in batch[ERROR]]
         ok = np.array([e is None for e in errors], dtype=bool)
         count = len(errors)
@@ -155,6 +163,28 @@ class Infer:
             columns["embedding"] = self._embeddings(outputs, ok)
         else:
             columns.update(self._top_k(outputs, ok))
+        columns[ERROR] = pa.array(errors, pa.string())
+        return pa.table(columns)
+
+    def _texts(self, runner: TextRunner, batch: dict[str, np.ndarray]) -> pa.Table:
+        """Embed the rows' texts: all columns kept, plus `embedding`, `truncated`, model, version, error."""
+        texts = list(batch[self.text_column])
+        errors = [None if isinstance(text, str) and text.strip() else
+                  f"TextError: expected a non-empty text, got {'null' if text is None else repr(text)[:40]}"
+                  for text in texts]
+        ok = np.array([error is None for error in errors], dtype=bool)
+        truncated: list[bool | None] = [None] * len(texts)
+        outputs = {}
+        if ok.any():
+            encoded = runner.tokenizer.encode([text for text, good in zip(texts, ok) if good])
+            outputs = runner.infer(*pad([e.ids for e in encoded], runner.tokenizer.spec.pad_id))
+            for row, encoding in zip(np.flatnonzero(ok), encoded):
+                truncated[row] = encoding.truncated
+        columns: dict[str, pa.Array] = {name: pa.array(list(values)) for name, values in batch.items()}
+        columns["model"] = pa.array([self.model_name] * len(texts), pa.string())
+        columns["version"] = pa.array([self.model_version] * len(texts), pa.string())
+        columns["embedding"] = self._embeddings(outputs, ok)
+        columns["truncated"] = pa.array(truncated, pa.bool_())
         columns[ERROR] = pa.array(errors, pa.string())
         return pa.table(columns)
 
@@ -193,5 +223,7 @@ class Infer:
 
 
 def artifact_files(directory: Path) -> dict[str, bytes]:
-    """The files an `Infer` actor needs from an artifact directory."""
-    return {name: (directory / name).read_bytes() for name in (MODEL_FILE, MANIFEST_FILE)}
+    """The files an `Infer` actor needs from an artifact directory (a text model's tokenizer too)."""
+    manifest = read_manifest(directory)
+    names = (MODEL_FILE, MANIFEST_FILE, *([manifest.text.tokenizer] if manifest.text else []))
+    return {name: (directory / name).read_bytes() for name in names}
