@@ -108,12 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the figures as JSON here too")
     args = parser.parse_args(argv)
-    result = run(args.url.rstrip("/"), args.token, args.model, seed=args.seed)
+    report(run(args.url.rstrip("/"), args.token, args.model, seed=args.seed), args.out)
+    return 0
+
+
+def report(result: dict, out: Path | None) -> None:
+    """Print the figures as JSON, and write them to `out` too when given."""
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    if out:
+        out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

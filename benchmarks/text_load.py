@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +25,7 @@ import httpx
 from graft.artifact.manifest import read_manifest
 from graft.artifact.text import pad
 from graft.artifact.text_runtime import TextRunner
-from graft.benchmarks.text_heads import bbc_news
+from graft.benchmarks.text_heads import bbc_news, report
 from graft.service.config import ServeConfig
 
 WORDS = 20
@@ -91,10 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ceiling_texts_per_s": [round(first, 1), round(second, 1)], "service_texts_per_s": round(served, 1),
         "service_errors": errors, "ratio": round(served / ((first + second) / 2), 3),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report(result, args.out)
     return 0
 
 

@@ -21,7 +21,13 @@ from torch import nn
 from graft.artifact.errors import GraftError
 from graft.artifact.preprocessing import PreprocessingSpec
 from graft.models.text import MINILM, TextBackboneEntry
-from graft.models.weights import WeightsUnavailable, lite_state_dict_to_timm, load_weights_file, package_weights_path
+from graft.models.weights import (
+    WeightsUnavailable,
+    lite_state_dict_to_timm,
+    load_strict,
+    load_weights_file,
+    package_weights_path,
+)
 
 WeightsChoice = Literal["pretrained", "none"] | str | os.PathLike
 """'pretrained' (the entry's default source), 'none' (random init) or a path to a state dict."""
@@ -193,13 +199,7 @@ class BackboneEntry:
         model = self._build_model()
         state, source = self._load_state(model, weights)
         if state is not None:
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as error:
-                raise WeightsUnavailable(
-                    f"expected weights for {self.source} {self.name}, got a state dict that does not fit: "
-                    f"{str(error).splitlines()[0]} ({source})"
-                ) from None
+            load_strict(model, state, f"{self.source} {self.name}", source)
         return self._split(model), source
 
     def _split(self, model: nn.Module) -> Backbone:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from graft.artifact.text import TextSpec
-from graft.models.weights import WeightsUnavailable, load_weights_file
+from graft.models.weights import WeightsUnavailable, load_strict, load_weights_file
 
 
 class SentenceEncoder(nn.Module):
@@ -118,13 +118,7 @@ class TextBackboneEntry:
             # position_ids buffer older checkpoints carry, which transformers now builds itself.
             state = {key: value for key, value in state.items()
                      if not key.startswith("pooler.") and key != "embeddings.position_ids"}
-            try:
-                bert.load_state_dict(state, strict=True)
-            except RuntimeError as error:
-                raise WeightsUnavailable(
-                    f"expected BERT weights for {self.name}, got a state dict that does not fit: "
-                    f"{str(error).splitlines()[0]} ({source})"
-                ) from None
+            load_strict(bert, state, f"BERT {self.name}", source)
         hidden = bert.config.hidden_size
         blocks = [bert.embeddings, *bert.encoder.layer]
         return Backbone(self.name, SentenceEncoder(bert), nn.Linear(hidden, 0), blocks), source

@@ -67,6 +67,17 @@ def lite_state_dict_to_timm(state: dict[str, torch.Tensor], model: nn.Module) ->
     return renamed
 
 
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
+    """`model.load_state_dict(state, strict=True)`, refusing a mismatch as `WeightsUnavailable`
+    ("expected weights for `what`, got ...", naming `source`)."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise WeightsUnavailable(
+            f"expected weights for {what}, got a state dict that does not fit: {str(error).splitlines()[0]} ({source})"
+        ) from None
+
+
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from a `.pth`/`.pt`/`.safetensors` file (plain, or under 'state_dict'/'model')."""
     path = Path(path)
