@@ -165,13 +165,13 @@ def random_artifact(backbone: str, folder: Path) -> tuple[Path, Path]:
     import torch
 
     from graft.export.api import export_backbone
-    from graft.models.backbones import get_backbone
+    from graft.models.backbones import image_backbone
 
     out = folder / f"{backbone}-random"
     weights = folder / f"{backbone}-random.pt"
     if (out / "manifest.json").is_file() and weights.is_file():
         return out, weights
-    entry = get_backbone(backbone)
+    entry = image_backbone(backbone)
     torch.manual_seed(0)
     model, _ = entry.create(weights="none")
     state = dict(model.trunk.state_dict())

@@ -35,6 +35,7 @@ from graft.export import calibration, graph, parity, quantize
 from graft.export.errors import ExportError, OutputExists
 from graft.models.backbones import Backbone, WeightsChoice, get_backbone, imagenet_labels
 from graft.models.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+from graft.models.text import TextBackboneEntry
 from graft.models.weights import describe_weights
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def export_backbone(
     """
     entry = get_backbone(name)
     _check_out(Path(out), overwrite)
-    if entry.modality == "text":
+    if isinstance(entry, TextBackboneEntry):
         if not headless or precision != "fp32":
             raise ExportError(f"expected --headless (an embedder; --precision fp32) for the text encoder {name!r}: it has "
                               "no pretrained classes, fit heads on its embeddings")

@@ -63,17 +63,20 @@ def gate_texts() -> list[str]:
     return [*SENTENCES, _long_text()]
 
 
+INPUT_IDS, ATTENTION_MASK = "input_ids", "attention_mask"
+
+
 def io_spec(embedding_dim: int) -> IOSpec:
     tokens = (None, None)
     return IOSpec(
-        input=TensorSpec(name="input_ids", shape=tokens, dtype="int64"),
-        mask=TensorSpec(name="attention_mask", shape=tokens, dtype="int64"),
+        input=TensorSpec(name=INPUT_IDS, shape=tokens, dtype="int64"),
+        mask=TensorSpec(name=ATTENTION_MASK, shape=tokens, dtype="int64"),
         outputs=(TensorSpec(name="embedding", shape=(None, embedding_dim)),),
         layout="tokens",
     )
 
 
-def export_onnx(backbone: Backbone, path: Path, io: IOSpec) -> None:
+def export_onnx(backbone: Backbone, path: Path) -> None:
     """Write the encoder's embedding graph with dynamic batch and length, then run the full checker.
 
     NOTE: the TorchScript exporter (`dynamo=False`), not the `torch.export` one the image graphs use:
@@ -84,8 +87,8 @@ def export_onnx(backbone: Backbone, path: Path, io: IOSpec) -> None:
     axes = {0: "batch", 1: "tokens"}
     with torch.no_grad():
         torch.onnx.export(
-            backbone.trunk.eval(), example, str(path), input_names=[io.input.name, io.mask.name],
-            output_names=["embedding"], dynamic_axes={io.input.name: axes, io.mask.name: axes, "embedding": {0: "batch"}},
+            backbone.trunk.eval(), example, str(path), input_names=[INPUT_IDS, ATTENTION_MASK],
+            output_names=["embedding"], dynamic_axes={INPUT_IDS: axes, ATTENTION_MASK: axes, "embedding": {0: "batch"}},
             opset_version=18, dynamo=False,
         )
     onnx.checker.check_model(str(path), full_check=True)
@@ -96,13 +99,13 @@ def check_parity(backbone: Backbone, path: Path, tokenizer: TextTokenizer) -> Pa
     texts = gate_texts()
     encoded = tokenizer.encode(texts)
     session = open_session(path, providers=[parity.PROVIDER])
-    expected, actual = [], []
+    torch_batches, onnx_batches = [], []
     for start in range(0, len(encoded), parity.BATCH_SIZE // 2):  # several batches, each padded differently
         ids, mask = pad([e.ids for e in encoded[start : start + parity.BATCH_SIZE // 2]], tokenizer.spec.pad_id)
         with torch.inference_mode():
-            expected.append(backbone.embed(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
-        actual.append(session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0])
-    expected, actual = np.concatenate(expected), np.concatenate(actual)
+            torch_batches.append(backbone.embed(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
+        onnx_batches.append(session.run(["embedding"], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0])
+    expected, actual = np.concatenate(torch_batches), np.concatenate(onnx_batches)
     scaled = float(np.max(parity.scaled_diff(actual, expected)))
     figures = ParityFigures(
         images=len(texts), batch_size=parity.BATCH_SIZE // 2,
@@ -131,7 +134,7 @@ def export_text_backbone(
         (tmp / TOKENIZER_FILE).write_bytes(entry.read(TOKENIZER_FILE))
         tokenizer = TextTokenizer(tmp / TOKENIZER_FILE, entry.text)
         io = io_spec(backbone.embedding_dim)
-        export_onnx(backbone, tmp / MODEL_FILE, io)
+        export_onnx(backbone, tmp / MODEL_FILE)
         figures = check_parity(backbone, tmp / MODEL_FILE, tokenizer)
         model_sha = sha256_file(tmp / MODEL_FILE)
         manifest = Manifest(

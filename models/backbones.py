@@ -272,6 +272,14 @@ def get_backbone(name: str) -> BackboneEntry | TextBackboneEntry:
         ) from None
 
 
+def image_backbone(name: str) -> BackboneEntry:
+    """`get_backbone` for the paths that take images only: a text encoder is refused in one line."""
+    entry = get_backbone(name)
+    if not isinstance(entry, BackboneEntry):
+        raise UnknownBackbone(f"expected an image backbone, got the {entry.modality} encoder {name!r}")
+    return entry
+
+
 def imagenet_labels() -> list[str]:
     """The 1000 ImageNet-1k class names in output order, as timm ships them."""
     return list(timm.data.ImageNetInfo().label_descriptions())

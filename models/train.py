@@ -46,7 +46,7 @@ from graft.artifact.errors import GraftError
 from graft.artifact.head_fit import fit_softmax
 from graft.artifact.outputs import atomic_directory, check_output_dir
 from graft.artifact.preprocessing import PreprocessingSpec
-from graft.models.backbones import Backbone, get_backbone
+from graft.models.backbones import Backbone, BackboneEntry, get_backbone, image_backbone
 from graft.models.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
 from graft.models.data import Splits, load_splits
 from graft.models.evaluate import classification_report
@@ -288,7 +288,7 @@ def run_training(config: TrainConfig) -> dict:
     out = Path(config.out)
     check_out(out, config.overwrite)
     entry = get_backbone(config.backbone)  # unknown names fail before any work
-    if entry.modality != "image":
+    if not isinstance(entry, BackboneEntry):
         raise GraftError(f"expected an image backbone for graft train, got the {entry.modality} encoder "
                          f"{entry.name!r}; fit text heads with POST /heads on its exported embedder")
     if config.strategy not in get_args(Strategy):
@@ -393,7 +393,7 @@ def _file_counts(splits: Splits) -> dict:
 
 def _write_run_dir(out: Path, config: TrainConfig, model: Backbone, splits: Splits,
                    weights_source: str, weights_sha256: str | None, metrics: dict) -> None:
-    spec = get_backbone(config.backbone).preprocessing
+    spec = image_backbone(config.backbone).preprocessing
     with atomic_directory(out) as tmp:  # an existing `out` was vetted by check_out
         model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
         save_checkpoint(tmp / CHECKPOINT_FILE, Checkpoint(

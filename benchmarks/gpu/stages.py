@@ -230,7 +230,7 @@ def model(ctx: Context) -> None:
     from graft.artifact.manifest import MODEL_FILE
     from graft.benchmarks.model_bench import EngineUnavailable, Timing, ort_engines, sweep, torch_engines
     from graft.benchmarks.report import model_table, plot_model
-    from graft.models.backbones import get_backbone
+    from graft.models.backbones import image_backbone
 
     rows = ctx.result["rows"] = []
     skipped = ctx.result["skipped"] = {}
@@ -251,7 +251,7 @@ def model(ctx: Context) -> None:
                         engines[name.replace("-fp32", f"-{precision}")] = build
             if any("cpu" not in name for name in engines):
                 engines = {name: build for name, build in engines.items() if "cpu" not in name}
-            shape = (3, *get_backbone(backbone).preprocessing.input_size)
+            shape = (3, *image_backbone(backbone).preprocessing.input_size)
             rng = np.random.default_rng(0)
             inputs = {b: rng.standard_normal((b, *shape), dtype=np.float32) for b in ctx.plan.batch_sizes}
             with tqdm(total=len(engines) * len(inputs), desc=f"model {backbone}", unit="cell") as progress:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from graft.artifact.preprocessing import preprocess_batch
-from graft.models.backbones import UnknownBackbone, get_backbone, imagenet_labels, list_backbones
+from graft.models.backbones import UnknownBackbone, get_backbone, image_backbone, imagenet_labels, list_backbones
 
 ENTRIES = [entry for entry in list_backbones() if entry.modality == "image"]  # text: tests/unit/export/test_export_text.py
 SMALL = {"tf_efficientnet_lite0", "mobilenet_v3_large", "resnet18"}  # cheap enough for real tensors
@@ -56,6 +56,12 @@ def test_small_entry_forward_on_real_tensors(entry):
         torch.testing.assert_close(backbone.head(embedding), logits)
     assert logits.shape == (1, 1000) and embedding.shape == (1, entry.embedding_dim)
     assert torch.isfinite(logits).all()
+
+
+def test_image_only_paths_refuse_the_text_encoder():
+    with pytest.raises(UnknownBackbone, match="expected an image backbone, got the text encoder 'all-minilm-l6-v2'"):
+        image_backbone("all-minilm-l6-v2")
+    assert image_backbone("resnet18").name == "resnet18"
 
 
 def test_unknown_backbone_lists_the_valid_names():
