@@ -47,7 +47,7 @@ def load_model(artifact: Path) -> tuple[Backbone, Manifest]:
 
 def create_app(artifact: Path) -> FastAPI:
     model, manifest = load_model(artifact)
-    spec = manifest.preprocessing
+    spec = manifest.image_spec
     app = FastAPI(title="naive baseline")
 
     def forward(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -124,7 +124,7 @@ def ort_engines(model_path: Path, cache_dir: Path) -> dict[str, Callable[[], Run
     return engines
 
 
-def _torch_runner(backbone: str, weights: Path, device: str, half: bool) -> Runner:
+def _torch_runner(backbone: str, weights: Path | str, device: str, half: bool) -> Runner:
     import torch
 
     from graft.models.backbones import get_backbone
@@ -144,11 +144,11 @@ def _torch_runner(backbone: str, weights: Path, device: str, half: bool) -> Runn
     return run
 
 
-def torch_engines(backbone: str, weights: Path) -> dict[str, Callable[[], Runner]]:
-    """PyTorch eager engines available here."""
+def torch_engines(backbone: str, weights: Path | str) -> dict[str, Callable[[], Runner]]:
+    """PyTorch eager engines available here (`weights`: a state dict file, or "none" for random init)."""
     import torch
 
-    engines = {"pytorch-eager-cpu-fp32": partial(_torch_runner, backbone, weights, "cpu", False)}
+    engines: dict[str, Callable[[], Runner]] = {"pytorch-eager-cpu-fp32": partial(_torch_runner, backbone, weights, "cpu", False)}
     if torch.cuda.is_available():
         engines["pytorch-eager-cuda-fp32"] = partial(_torch_runner, backbone, weights, "cuda", False)
         engines["pytorch-eager-cuda-fp16"] = partial(_torch_runner, backbone, weights, "cuda", True)
@@ -175,7 +175,8 @@ def random_artifact(backbone: str, folder: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     model, _ = entry.create(weights="none")
     state = dict(model.trunk.state_dict())
-    head = entry.head_path or model.trunk.pretrained_cfg["classifier"]  # torchvision or timm
+    trunk: Any = model.trunk  # a timm model carries its pretrained_cfg
+    head = entry.head_path or trunk.pretrained_cfg["classifier"]  # torchvision or timm
     state.update({f"{head}.{key}": value for key, value in model.head.state_dict().items()})
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(state, weights)

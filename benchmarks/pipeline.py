@@ -73,7 +73,7 @@ def _prepare(data: bytes, spec: PreprocessingSpec) -> np.ndarray:
 def _throughput(
     runner: Runner, pool: ThreadPoolExecutor, blobs: Iterator[bytes], batch_size: int, seconds: float
 ) -> BatchFigure:
-    spec = runner.manifest.preprocessing
+    spec = runner.manifest.image_spec
 
     def submit() -> list[Future]:
         return [pool.submit(_prepare, next(blobs), spec) for _ in range(batch_size)]
@@ -131,7 +131,7 @@ def pipeline_ceiling(
         intra_op_threads=intra_op_threads, trt_cache_dir=directory / ".trt-unused", **ServeConfig().session_spinning(),
     )
     threads = decode_threads or ServeConfig().decode_threads
-    spec = manifest.preprocessing
+    spec = manifest.image_spec
     cycle = itertools.cycle(blobs)
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
         figures = tuple(_throughput(runner, pool, cycle, size, seconds) for size in batch_sizes)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import timm
 import torch
@@ -107,6 +107,12 @@ class BackboneEntry:
             return timm.create_model(self.name, pretrained=False)
         return torchvision.models.get_model(self.name, weights=None)
 
+    def _timm_cfg(self) -> timm.models.PretrainedCfg:
+        cfg = timm.get_pretrained_cfg(self.name)
+        if cfg is None:
+            raise GraftError(f"expected timm to know {self.name!r}, got no pretrained config for it")
+        return cfg
+
     def _torchvision_weights(self):
         return torchvision.models.get_model_weights(self.name).DEFAULT
 
@@ -114,7 +120,7 @@ class BackboneEntry:
     def preprocessing(self) -> PreprocessingSpec:
         """The eval preprocessing of this entry's pretrained weights."""
         if self.source == "timm":
-            cfg = timm.get_pretrained_cfg(self.name).to_dict()
+            cfg = self._timm_cfg().to_dict()
             _, height, width = cfg["input_size"]
             return PreprocessingSpec(
                 input_size=(height, width),
@@ -151,12 +157,12 @@ class BackboneEntry:
     # ---- weights ------------------------------------------------------------------------------
     def _hub_cache_file(self) -> Path | None:
         if self.source == "timm":
-            url = timm.get_pretrained_cfg(self.name).url
+            url = self._timm_cfg().url
         else:
             url = self._torchvision_weights().url
         if not url:
             return None
-        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(str(url))
 
     def offline_weights(self) -> Path | None:
         """A pretrained weights file present on this machine (package or download cache), or None."""
@@ -171,9 +177,8 @@ class BackboneEntry:
             return (self.convert(state, model) if self.convert else state), str(path)
         try:
             if self.source == "timm":
-                cfg = timm.get_pretrained_cfg(self.name)
-                state = torch.hub.load_state_dict_from_url(cfg.url, map_location="cpu", progress=False)
-                return state, cfg.url
+                url = str(self._timm_cfg().url)
+                return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False), url
             weights = self._torchvision_weights()
             return weights.get_state_dict(progress=False), weights.url
         except Exception as error:  # URLError, HTTPError, socket errors, hub errors
@@ -204,9 +209,12 @@ class BackboneEntry:
 
     def _split(self, model: nn.Module) -> Backbone:
         if self.source == "timm":
-            head = model.get_classifier()
-            model.reset_classifier(0)
+            timm_model: Any = model  # timm's models add get_classifier and reset_classifier
+            head = timm_model.get_classifier()
+            timm_model.reset_classifier(0)
         else:
+            if self.head_path is None:
+                raise GraftError(f"expected a head_path for torchvision backbone {self.name!r}, got none")
             head = model.get_submodule(self.head_path)
             model.set_submodule(self.head_path, nn.Identity())
         return Backbone(self.name, model, head, _resolve_blocks(model, self.block_paths))
