@@ -85,3 +85,18 @@ def read_spec():
     from graft.models.backbones import get_backbone
 
     return get_backbone("tf_efficientnet_lite0").preprocessing
+
+
+def test_head_only_on_the_int8_backbone_gates_on_the_heads_decisions(trained_run, lite0_int8_embedder, tmp_path):
+    from graft.artifact.heads import read_head
+    from graft.export.head import export_head
+
+    head = export_head(trained_run, tmp_path / "fmnist-int8", backbone_artifact=lite0_int8_embedder)
+    manifest = read_manifest(lite0_int8_embedder)
+    head.check_backbone(manifest)
+    assert read_head(tmp_path / "fmnist-int8").spec.backbone.sha256 == manifest.sha256["model"]
+    figures = head.spec.parity
+    assert figures.images == 100 and "evaluation split of fashion-mnist" in figures.sources[0]
+    assert figures.top1_agreement >= quantize.MIN_TOP1_AGREEMENT
+    assert figures.accuracy["fp32"] - figures.accuracy["int8"] <= quantize.MAX_ACCURACY_DROP
+    assert 0.9 < figures.median_cosine < 1 and figures.max_scaled_diff["logits"] <= 1e-4
