@@ -312,12 +312,14 @@ def plot_service(cells: list[dict], ceiling: dict | None, folder: Path, pipeline
     throughput = _save(fig, folder / "throughput.png")
 
     servers = list(dict.fromkeys(c["server"] for c in cells))
+    endpoint = "classify" if any(c["endpoint"] == "classify" for c in cells) else "embed"  # an embedder has no /classify
     fig, axes = plt.subplots(1, len(servers), figsize=(5 * len(servers), 4), squeeze=False)
     for ax, server in zip(axes[0], servers):
-        line = [c for c in cells if (c["server"], c["endpoint"], c["size"]) == (server, "classify", "224")]
+        line = [c for c in cells if (c["server"], c["endpoint"], c["size"]) == (server, endpoint, "224")
+                and c["latency_ms"]]
         for q in ("p50", "p95", "p99"):
             ax.plot([c["concurrency"] for c in line], [c["latency_ms"].get(q) for c in line], marker="o", label=q)
         ax.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)",
-               title=f"{server}: /classify 224px latency")
+               title=f"{server}: /{endpoint} 224px latency")
         _finish(ax, clients, 8)
     return [throughput, _save(fig, folder / "latency.png")]

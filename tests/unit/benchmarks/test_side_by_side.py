@@ -35,3 +35,14 @@ def test_side_by_side_gives_ratios_to_the_first_artifact():
     assert int8["c64"]["images_per_s"] is None and int8["ratios"]["c64_images_per_s"] is None  # not measured
     table = side_by_side_table(rows)
     assert "| int8 | int8 | 320.0 (2.00x) | 200.0 (1.54x) | 100.0 (1.25x); 8.4 (0.70x) / 16.8 |" in table
+
+
+def test_an_embedders_cells_are_plotted(tmp_path):
+    from graft.benchmarks.report import plot_service
+
+    cells = [{"server": "graft", "endpoint": "embed", "size": "224", "concurrency": n, "mode": "closed",
+              "images_per_s": 50.0 + n, "latency_ms": {"p50": 10.0 * n, "p95": 12.0 * n, "p99": 15.0 * n}}
+             for n in (1, 16, 64)]
+    plots = plot_service(cells, None, tmp_path)
+    assert [path.name for path in plots] == ["throughput.png", "latency.png"]
+    assert all(path.stat().st_size > 0 for path in plots)
