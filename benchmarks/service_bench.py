@@ -232,7 +232,7 @@ def run_cells(
         def on_measure_start() -> None:
             if with_metrics:
                 before.update(scrape(url))
-            if profiled:
+            if profiled and profile_pid is not None:
                 recording.append(profile.start(profile_pid, plan.max_seconds, profile_file))
 
         mode = "" if cell.mode == "closed" else f" {cell.mode}"
@@ -307,6 +307,9 @@ def evaluate_targets(
     def ratio(a: dict | None, b: float | None) -> float | None:
         return a["images_per_s"] / b if a and b else None
 
+    def rate(cell: dict | None) -> float | None:
+        return cell["images_per_s"] if cell else None
+
     p50 = single["latency_ms"].get("p50") if single else None
     targets = [
         _target(
@@ -314,7 +317,7 @@ def evaluate_targets(
             f"graft images/s / pipeline ceiling ({best and round(best, 1)} images/s)",
         ),
         _target(
-            f"graft >= 3.5x baseline at {clients} clients", ratio(graft, baseline and baseline["images_per_s"]), 3.5,
+            f"graft >= 3.5x baseline at {clients} clients", ratio(graft, rate(baseline)), 3.5,
             True, "graft images/s / baseline images/s",
         ),
         _target(
@@ -324,7 +327,7 @@ def evaluate_targets(
         ),
         _target(
             f"2000-px images/s >= 0.7x 224-px at {clients} clients",
-            ratio(large, graft and graft["images_per_s"]), 0.7, True, "2000-px images/s / 224-px images/s" + (
+            ratio(large, rate(graft)), 0.7, True, "2000-px images/s / 224-px images/s" + (
                 f"; at most {large_pipeline['images_per_second'] / graft['images_per_s']:.2f} on this machine (the "
                 f"2000-px pipeline ceiling, {large_pipeline['images_per_second']:.1f} images/s, / 224-px images/s)"
                 if large_pipeline and graft and graft["images_per_s"] else ""
@@ -349,7 +352,7 @@ def evaluate_targets(
         stormed = _find(rows, "graft", endpoint, "224", storm, "storm")
         targets.append(_target(
             f"accepted images/s with {storm} clients retrying at once >= 0.8x {clients} clients",
-            ratio(stormed, graft and graft["images_per_s"]), 0.8, True,
+            ratio(stormed, rate(graft)), 0.8, True,
             f"{stormed and round(stormed['images_per_s'], 1)} / {graft and round(graft['images_per_s'], 1)} images/s "
             f"({(stormed or {}).get('errors', {}).get('429', 0)} refused)",
         ))

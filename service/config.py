@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import BeforeValidator, Field, model_validator
 
@@ -54,6 +54,13 @@ def _read_secret(name: str, path: Any) -> str:
         return Path(path).read_text().strip()
     except OSError as error:
         raise ConfigError(f"expected {env_name(name)} to name a readable file, got {path} ({error.strerror})") from None
+
+
+class Spinning(TypedDict):
+    """The spinning arguments `graft.artifact.runtime.Runner` and `TextRunner` take."""
+
+    intra_op_spinning: bool | None  # None: measured at start
+    spin_between_runs: bool
 
 
 class ServeConfig(RuntimeSettings):
@@ -129,7 +136,7 @@ class ServeConfig(RuntimeSettings):
                 values[name] = _read_secret(name + "_file", path)
         return values
 
-    def session_spinning(self) -> dict[str, bool | None]:
+    def session_spinning(self) -> Spinning:
         """`intra_op_spinning` as `graft.artifact.runtime.Runner` takes it (None: measured at start)."""
         return {"intra_op_spinning": None if self.intra_op_spinning == "auto" else self.intra_op_spinning != "off",
                 "spin_between_runs": self.intra_op_spinning == "on"}
