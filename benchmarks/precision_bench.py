@@ -42,6 +42,9 @@ def compare(artifacts: Sequence[Path], images: Sequence[Path], batch_sizes: Sequ
     sessions = {}
     for artifact in artifacts:
         manifest = read_manifest(artifact)
+        if manifest.preprocessing != read_manifest(artifacts[0]).preprocessing:
+            raise ValueError(f"expected artifacts with {artifacts[0].name}'s preprocessing (one model's precisions), "
+                             f"got {artifact.name} with another")
         session = open_session(artifact / MODEL_FILE, intra_op_threads=threads)
         sessions[artifact] = (manifest, session, session.get_inputs()[0].name)
     rates: dict[tuple[Path, int], list[float]] = {(a, b): [] for a in artifacts for b in batch_sizes}
