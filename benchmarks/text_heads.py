@@ -7,12 +7,15 @@ sets are drawn from (each smaller k a prefix of the larger), the second half is 
 head is fitted by `POST /heads` with the texts as JSON and tested by `/classify` with JSON texts.
 
 Run: `python -m graft.benchmarks.text_heads --url http://127.0.0.1:3000 --token TOKEN --model NAME`.
+`python -m graft.benchmarks.text_heads --write-csv DIR` writes the same split as `DIR/train.csv`
+(every pool article) and `DIR/test.csv` (the test half), for `graft train --data ... --val ...`.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import csv
 import importlib.util
 import json
 import time
@@ -59,6 +62,20 @@ def split(labels: Sequence[str], seed: int) -> tuple[dict[str, np.ndarray], np.n
     return pools, np.asarray(sorted(tests))
 
 
+def write_csv(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """The split as `train.csv` (all of each class's pool) and `test.csv` (the test half), header text,label."""
+    texts, labels = bbc_news()
+    pools, test = split(labels, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "train.csv", folder / "test.csv"
+    for path, rows in zip(paths, (np.sort(np.concatenate(list(pools.values()))), test)):
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(("text", "label"))
+            writer.writerows((texts[i], labels[i]) for i in rows)
+    return paths
+
+
 def _post(client: httpx.Client, url: str, body: dict, headers: dict | None = None) -> dict:
     response = client.post(url, json=body, headers=headers or {})
     if response.status_code >= 300:
@@ -103,11 +120,18 @@ def run(url: str, token: str, model: str, *, shots: Sequence[int] = SHOTS, seed:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:3000")
-    parser.add_argument("--token", required=True, help="the server's GRAFT_ADMIN_TOKEN")
+    parser.add_argument("--token", help="the server's GRAFT_ADMIN_TOKEN (required unless --write-csv)")
     parser.add_argument("--model", default="all-minilm-l6-v2", help="the served text model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the figures as JSON here too")
+    parser.add_argument("--write-csv", type=Path, metavar="DIR",
+                        help="only write the split as DIR/train.csv and DIR/test.csv (for graft train) and exit")
     args = parser.parse_args(argv)
+    if args.write_csv:
+        print(*write_csv(args.write_csv, args.seed))
+        return 0
+    if not args.token:
+        parser.error("expected --token (the server's GRAFT_ADMIN_TOKEN), got none")
     report(run(args.url.rstrip("/"), args.token, args.model, seed=args.seed), args.out)
     return 0
 

@@ -180,19 +180,30 @@ def export_run(
             f"expected labels.json to match the checkpoint's {len(checkpoint.labels)} labels, "
             f"got {len(labels_file)} different ones"
         )
-    backbone = checkpoint.build()
     checkpoint_sha = sha256_file(run_dir / CHECKPOINT_FILE)
+    # The served name is what the user chose as --out (artifacts/photos -> "photos"), not the
+    # run dir's name: a model served under a name nobody typed cost users a 404.
+    name = model_name or _tag_safe(Path(out).resolve().name)
+    weights = WeightsInfo(source=_run_provenance(run_dir, checkpoint), pretrained=checkpoint.pretrained,
+                          sha256=checkpoint_sha)
+    if checkpoint.preprocessing is None:  # a text run
+        if precision != "fp32":
+            raise ExportError(f"expected --precision fp32 for the text run {run_dir}, got {precision}")
+        from graft.export.text import export_text_run
+
+        return export_text_run(checkpoint, run_dir, Path(out), name=name, weights=weights,
+                               source_sha256={"checkpoint": checkpoint_sha}, metrics=_read_json(run_dir / "metrics.json"),
+                               held_out=_validation_texts(config, validation_limit),
+                               check_out=lambda: _check_out(Path(out), overwrite), producer=_producer_versions())
+    backbone = checkpoint.build()
     return _export(
         _Source(
             backbone=backbone,
             backbone_name=checkpoint.backbone,
-            # The served name is what the user chose as --out (artifacts/photos -> "photos"), not the
-            # run dir's name: a model served under a name nobody typed cost users a 404.
-            name=model_name or _tag_safe(Path(out).resolve().name),
+            name=name,
             labels=tuple(checkpoint.labels),
             preprocessing=checkpoint.preprocessing,
-            weights=WeightsInfo(source=_run_provenance(run_dir, checkpoint), pretrained=checkpoint.pretrained,
-                                sha256=checkpoint_sha),
+            weights=weights,
             source_sha256={"checkpoint": checkpoint_sha},
             metrics=_read_json(run_dir / "metrics.json"),
             validation=_validation_images(config, checkpoint.preprocessing, validation_limit),
@@ -331,6 +342,25 @@ def _validation_images(config: dict | None, spec: PreprocessingSpec, limit: int)
     count = min(limit, len(val))
     images = [val.image(i, min_side=spec.resize_size) for i in range(count)]
     return f"run evaluation split: first {count} of {len(val)} images of {data}", images
+
+
+def _validation_texts(config: dict | None, limit: int) -> list[str]:
+    """Up to `limit` evaluation texts of a text run, re-read as training split them; none when its
+    data is not on this machine (the gate's own sentences still run)."""
+    from graft.models.data import DataError
+    from graft.models.text_data import load_text_splits
+
+    config = config or {}
+    args, data = config.get("args", {}), config.get("data", {})
+    if data.get("source") is None or limit <= 0:
+        return []
+    try:
+        val = load_text_splits(data["source"], data.get("val"), seed=args.get("seed", 0),
+                               limit_train=args.get("limit_train"), limit_val=args.get("limit_val")).val
+    except DataError as error:
+        log.warning("parity gate without the run's evaluation texts: %s", error)
+        return []
+    return val.texts[:limit]  # type: ignore[attr-defined]
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

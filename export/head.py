@@ -75,6 +75,9 @@ def export_head(
             f"expected a feature-extract run for --head-only (its backbone stays the stock one), got a "
             f"{checkpoint.strategy} run whose backbone changed; export it whole: graft export --run {run_dir} --out DIR"
         )
+    if checkpoint.preprocessing is None:
+        raise ExportError(f"expected an image run for --head-only, got the text run {run_dir}; export it whole "
+                          f"(graft export --run {run_dir} --out DIR) or fit a text head with POST /heads")
     manifest = read_manifest(artifact)
     verify_model_hash(artifact, manifest)
     if manifest.backbone != checkpoint.backbone:

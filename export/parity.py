@@ -116,7 +116,26 @@ def check(
     """
     if len(inputs) < 2:
         raise ValueError(f"expected a parity batch of at least 2 images, got {len(inputs)}")
-    actual = onnx_outputs(path, inputs)
+    return compare(onnx_outputs(path, inputs), reference, gate, sources, head, batch_size=min(BATCH_SIZE, len(inputs)))
+
+
+def compare(
+    actual: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    gate: Gate,
+    sources: tuple[str, ...],
+    head: nn.Linear | None = None,
+    *,
+    batch_size: int,
+    unit: str = "images",
+) -> ParityFigures:
+    """`check`'s verdict on outputs already computed: ONNX Runtime's `actual` against PyTorch's
+    `reference` (e.g. a text graph's, which takes two inputs), over `unit`s in batches of `batch_size`.
+
+    Raises:
+        ParityError: as `check`.
+    """
+    inputs = next(iter(reference.values()))
     if set(actual) != set(reference):
         raise ParityError(f"expected ONNX outputs {sorted(reference)}, got {sorted(actual)}")
     diffs = {name: float(np.max(np.abs(actual[name] - ref))) for name, ref in reference.items()}
@@ -130,7 +149,7 @@ def check(
         top1 = float(np.mean(actual["logits"].argmax(1) == reference["logits"].argmax(1)))
     figures = ParityFigures(
         images=len(inputs),
-        batch_size=min(BATCH_SIZE, len(inputs)),
+        batch_size=batch_size,
         max_abs_diff=diffs,
         max_scaled_diff=scaled,
         top1_agreement=top1,
@@ -148,12 +167,12 @@ def check(
         failures.append(f"top-1 agreement {top1:.2%} < {gate.min_top1:.0%}")
     if failures:
         raise ParityError(
-            f"{gate.name} parity gate failed on {len(inputs)} images (PyTorch vs ONNX Runtime "
+            f"{gate.name} parity gate failed on {len(inputs)} {unit} (PyTorch vs ONNX Runtime "
             f"{PROVIDER}): {'; '.join(failures)}"
         )
     log.info(
-        "%s parity on %d images: max abs diff %s (scaled %s), top-1 agreement %s",
-        gate.name, len(inputs), {k: f"{v:.2e}" for k, v in diffs.items()},
+        "%s parity on %d %s: max abs diff %s (scaled %s), top-1 agreement %s",
+        gate.name, len(inputs), unit, {k: f"{v:.2e}" for k, v in diffs.items()},
         {k: f"{v:.2e}" for k, v in scaled.items()}, top1,
     )
     return figures

@@ -1,7 +1,9 @@
-"""Export a text encoder: ONNX embedder + its tokenizer + manifest, behind the parity gate, all or nothing.
+"""Export a text encoder (ONNX embedder) or a text run (ONNX classifier) with its tokenizer and
+manifest, behind the parity gate, all or nothing.
 
 The graph takes int64 `input_ids` and `attention_mask` [N, L] (batch and length dynamic) and returns
-the L2-normalised mean-pooled `embedding`, as sentence-transformers computes it. The gate tokenises
+the L2-normalised mean-pooled `embedding`, as sentence-transformers computes it, and for a
+classifier the head's `logits` on it from the same forward. The gate tokenises
 real sentences with the artifact's own tokenizer (`graft.artifact.text`, what serving runs) and
 compares ONNX Runtime with PyTorch on padded batches.
 """
@@ -28,10 +30,10 @@ from graft.artifact.manifest import (
 )
 from graft.artifact.outputs import atomic_directory
 from graft.artifact.runtime import open_session
-from graft.artifact.text import TOKENIZER_FILE, TextTokenizer, pad
+from graft.artifact.text import TOKENIZER_FILE, TextSpec, TextTokenizer, pad
 from graft.export import parity
-from graft.export.errors import ParityError
 from graft.models.backbones import Backbone
+from graft.models.checkpoint import Checkpoint, CheckpointError
 from graft.models.text import TextBackboneEntry
 from graft.models.weights import describe_weights
 
@@ -66,60 +68,69 @@ def gate_texts() -> list[str]:
 INPUT_IDS, ATTENTION_MASK = "input_ids", "attention_mask"
 
 
-def io_spec(embedding_dim: int) -> IOSpec:
+def io_spec(embedding_dim: int, num_classes: int = 0) -> IOSpec:
+    """An embedder's `embedding`; a classifier's `logits` too (`num_classes` > 0), as image graphs name them."""
     tokens = (None, None)
+    outputs: tuple[TensorSpec, ...] = (TensorSpec(name="embedding", shape=(None, embedding_dim)),)
+    if num_classes:
+        outputs = (TensorSpec(name="logits", shape=(None, num_classes)), *outputs)
     return IOSpec(
         input=TensorSpec(name=INPUT_IDS, shape=tokens, dtype="int64"),
         mask=TensorSpec(name=ATTENTION_MASK, shape=tokens, dtype="int64"),
-        outputs=(TensorSpec(name="embedding", shape=(None, embedding_dim)),),
+        outputs=outputs,
         layout="tokens",
     )
 
 
-def export_onnx(backbone: Backbone, path: Path) -> None:
-    """Write the encoder's embedding graph with dynamic batch and length, then run the full checker.
+def export_onnx(backbone: Backbone, path: Path, io: IOSpec) -> None:
+    """Write the encoder's graph (its outputs as `io` names them) with dynamic batch and length, then
+    run the full checker. A classifier's graph is the whole `Backbone`: logits and embedding from one pass.
 
     NOTE: the TorchScript exporter (`dynamo=False`), not the `torch.export` one the image graphs use:
     on transformers' BERT the latter names an internal value `embedding`, the same as our output,
     and ONNX Runtime refuses the duplicate; the TorchScript graph matches PyTorch to ~1e-7.
     """
+    names = [output.name for output in io.outputs]
+    module = backbone if "logits" in names else backbone.trunk
     example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
     axes = {0: "batch", 1: "tokens"}
     with torch.no_grad():
         torch.onnx.export(
-            backbone.trunk.eval(), example, str(path), input_names=[INPUT_IDS, ATTENTION_MASK],
-            output_names=["embedding"], dynamic_axes={INPUT_IDS: axes, ATTENTION_MASK: axes, "embedding": {0: "batch"}},
+            module.eval(), example, str(path), input_names=[INPUT_IDS, ATTENTION_MASK], output_names=names,
+            dynamic_axes={INPUT_IDS: axes, ATTENTION_MASK: axes, **{name: {0: "batch"} for name in names}},
             opset_version=18, dynamo=False,
         )
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def check_parity(backbone: Backbone, path: Path, tokenizer: TextTokenizer) -> ParityFigures:
-    """PyTorch vs ONNX Runtime (the serving session settings) on `gate_texts`, in padded batches."""
-    texts = gate_texts()
+def check_parity(backbone: Backbone, path: Path, tokenizer: TextTokenizer, io: IOSpec,
+                 extra: tuple[str, list[str]] | None = None) -> ParityFigures:
+    """PyTorch vs ONNX Runtime (the serving session settings) on `gate_texts` and the `extra`
+    (description, texts), in padded batches; `parity.compare` judges, as for images."""
+    texts = gate_texts() + (extra[1] if extra else [])
+    names = [output.name for output in io.outputs]
     encoded = tokenizer.encode(texts)
     session = open_session(path, providers=[parity.PROVIDER])
-    torch_batches, onnx_batches = [], []
-    for start in range(0, len(encoded), parity.BATCH_SIZE // 2):  # several batches, each padded differently
-        ids, mask = pad([e.ids for e in encoded[start : start + parity.BATCH_SIZE // 2]], tokenizer.spec.pad_id)
+    step = parity.BATCH_SIZE // 2  # several batches, each padded differently
+    torch_batches: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    onnx_batches: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for start in range(0, len(encoded), step):
+        ids, mask = pad([e.ids for e in encoded[start : start + step]], tokenizer.spec.pad_id)
         with torch.inference_mode():
-            torch_batches.append(backbone.embed(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
-        onnx_batches.append(session.run(["embedding"], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0])
-    expected, actual = np.concatenate(torch_batches), np.concatenate(onnx_batches)
-    scaled = float(np.max(parity.scaled_diff(actual, expected)))
-    figures = ParityFigures(
-        images=len(texts), batch_size=parity.BATCH_SIZE // 2,
-        max_abs_diff={"embedding": float(np.max(np.abs(actual - expected)))},
-        max_scaled_diff={"embedding": scaled}, tolerance=parity.FP32.tolerance,
-        sources=(f"graft.export.text: {len(SENTENCES)} real sentences, and all of them as one text cut at "
-                 f"{tokenizer.spec.max_tokens} tokens",),
-        provider=parity.PROVIDER,
+            logits, embedding = backbone.eval()(torch.from_numpy(ids), torch.from_numpy(mask))
+        reference = {"logits": logits.numpy(), "embedding": embedding.numpy()}
+        for name, value in zip(names, session.run(names, {INPUT_IDS: ids, ATTENTION_MASK: mask})):
+            onnx_batches[name].append(value)
+            torch_batches[name].append(reference[name])
+    sources = [f"graft.export.text: {len(SENTENCES)} real sentences, and all of them as one text cut at "
+               f"{tokenizer.spec.max_tokens} tokens"]
+    if extra:
+        sources.append(extra[0])
+    return parity.compare(
+        {name: np.concatenate(values) for name, values in onnx_batches.items()},
+        {name: np.concatenate(values) for name, values in torch_batches.items()},
+        parity.FP32, tuple(sources), backbone.head if "logits" in names else None, batch_size=step, unit="texts",
     )
-    if scaled > parity.FP32.tolerance:
-        raise ParityError(f"fp32 parity gate failed on {len(texts)} texts (PyTorch vs ONNX Runtime {parity.PROVIDER}): "
-                          f"embedding max abs diff {scaled:.3g} > {parity.FP32.tolerance:g}")
-    log.info("fp32 parity on %d texts: embedding max abs diff %.2e", len(texts), scaled)
-    return figures
 
 
 def export_text_backbone(
@@ -130,23 +141,45 @@ def export_text_backbone(
     backbone, source = entry.create(weights=weights)
     description, weights_sha = describe_weights(source)
     untrained = str(weights) == "none"
+    return _write(out, backbone, entry.read(TOKENIZER_FILE), entry.text, check_out=check_out, fields=dict(
+        name=model_name or entry.name, task="embedder", backbone=entry.name,
+        weights=WeightsInfo(source="none (random init, untrained)" if untrained else description,
+                            pretrained=not untrained, sha256=weights_sha),
+        producer=producer,
+    ), source_sha256={"weights": weights_sha} if weights_sha else {})
+
+
+def export_text_run(checkpoint: Checkpoint, run_dir: Path, out: Path, *, name: str, weights: WeightsInfo,
+                    source_sha256: dict[str, str], metrics: dict | None, held_out: list[str], check_out,
+                    producer: dict[str, str]) -> Manifest:
+    """Export a text run's checkpoint as a classifier artifact (`logits` and `embedding` from one
+    forward), with the run's `tokenizer.json` and text spec; `held_out` texts join the parity gate."""
+    if checkpoint.text is None or not (run_dir / TOKENIZER_FILE).is_file():
+        raise CheckpointError(f"expected a text run dir with {TOKENIZER_FILE} and a text spec, got {run_dir}")
+    return _write(out, checkpoint.build(), (run_dir / TOKENIZER_FILE).read_bytes(), checkpoint.text,
+                  check_out=check_out, fields=dict(
+                      name=name, task="classifier", backbone=checkpoint.backbone, labels=tuple(checkpoint.labels),
+                      weights=weights, producer=producer, metrics=metrics),
+                  source_sha256=source_sha256,
+                  extra=(f"run evaluation split: {len(held_out)} texts", held_out) if held_out else None)
+
+
+def _write(out: Path, backbone: Backbone, tokenizer_json: bytes, spec: TextSpec, *, check_out, fields: dict,
+           source_sha256: dict[str, str], extra: tuple[str, list[str]] | None = None) -> Manifest:
+    """model.onnx, tokenizer.json and manifest.json at `out`, all or nothing, behind the parity gate."""
     with atomic_directory(out, before_swap=check_out) as tmp:
-        (tmp / TOKENIZER_FILE).write_bytes(entry.read(TOKENIZER_FILE))
-        tokenizer = TextTokenizer(tmp / TOKENIZER_FILE, entry.text)
-        io = io_spec(backbone.embedding_dim)
-        export_onnx(backbone, tmp / MODEL_FILE)
-        figures = check_parity(backbone, tmp / MODEL_FILE, tokenizer)
+        (tmp / TOKENIZER_FILE).write_bytes(tokenizer_json)
+        tokenizer = TextTokenizer(tmp / TOKENIZER_FILE, spec)
+        io = io_spec(backbone.embedding_dim, backbone.num_classes if fields["task"] == "classifier" else 0)
+        export_onnx(backbone, tmp / MODEL_FILE, io)
+        figures = check_parity(backbone, tmp / MODEL_FILE, tokenizer, io, extra)
         model_sha = sha256_file(tmp / MODEL_FILE)
         manifest = Manifest(
-            name=model_name or entry.name, version=model_sha[:12], task="embedder", backbone=entry.name,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), io=io,
+            version=model_sha[:12], created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), io=io,
             embedding_dim=backbone.embedding_dim,
-            weights=WeightsInfo(source="none (random init, untrained)" if untrained else description,
-                                pretrained=not untrained, sha256=weights_sha),
-            sha256={"model": model_sha, "tokenizer": sha256_file(tmp / TOKENIZER_FILE),
-                    **({"weights": weights_sha} if weights_sha else {})},
-            parity={"fp32": figures}, producer=producer, modality="text", text=entry.text,
+            sha256={"model": model_sha, "tokenizer": sha256_file(tmp / TOKENIZER_FILE), **source_sha256},
+            parity={"fp32": figures}, modality="text", text=spec, **fields,
         )
         write_manifest(tmp, manifest)
-    log.info("wrote %s (text embedder, version %s)", out, manifest.version)
+    log.info("wrote %s (text %s, version %s)", out, manifest.task, manifest.version)
     return manifest

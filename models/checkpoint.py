@@ -1,7 +1,8 @@
 """The run directory's checkpoint: a trained `Backbone` plus everything needed to rebuild it.
 
 `checkpoint.pt` holds the backbone name, the full state dict (trunk and head), the labels in output
-order, the preprocessing spec and where the starting weights came from. Export reads only this file.
+order, the preprocessing spec (an image run) or the text spec (a text run, whose run dir also holds
+its `tokenizer.json`) and where the starting weights came from. Export reads only these files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from graft.artifact.errors import GraftError
 from graft.artifact.preprocessing import PreprocessingSpec
+from graft.artifact.text import TextSpec
 from graft.models.backbones import Backbone, get_backbone
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -31,12 +33,14 @@ class Checkpoint:
 
     backbone: str
     labels: list[str]
-    preprocessing: PreprocessingSpec
+    preprocessing: PreprocessingSpec | None
     state_dict: dict[str, torch.Tensor]
     weights_source: str
     pretrained: bool
     strategy: str
     extra: dict[str, Any] = field(default_factory=dict)
+    text: TextSpec | None = None
+    """A text run's tokenisation (its `preprocessing` is None)."""
 
     def build(self) -> Backbone:
         """Rebuild the backbone with this checkpoint's head and weights, in eval mode.
@@ -66,7 +70,9 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
     """Write atomically: a temp file in the same directory, then rename."""
     path = Path(path)
     payload = asdict(checkpoint)
-    payload["preprocessing"] = asdict(checkpoint.preprocessing)
+    for key in ("preprocessing", "text"):  # plain dicts: torch's weights_only loader takes no classes
+        spec = getattr(checkpoint, key)
+        payload[key] = None if spec is None else asdict(spec)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint-", suffix=".pt")
     os.close(fd)
     try:
@@ -86,7 +92,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"expected a graft run dir or {CHECKPOINT_FILE}, got {path} which does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        payload["preprocessing"] = PreprocessingSpec(**payload["preprocessing"])
+        if payload["preprocessing"] is not None:
+            payload["preprocessing"] = PreprocessingSpec(**payload["preprocessing"])
+        if payload.get("text") is not None:
+            payload["text"] = TextSpec(**payload["text"])
         return Checkpoint(**payload)
     except (KeyError, TypeError, ValueError, RuntimeError, EOFError) as error:
         raise CheckpointError(f"expected a graft checkpoint in {path}, got an unreadable one: {error}") from None

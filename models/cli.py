@@ -30,7 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--backbone", required=True, help="registry name (see `graft backbones`)")
     train.add_argument("--data", required=True,
-                       help="'fashion-mnist', or an image folder: one sub-folder per class, or train/ + val/")
+                       help="'fashion-mnist', an image folder (one sub-folder per class, or train/ + val/), or for "
+                            "a text encoder a .csv (header text,label) or .jsonl ({\"text\": ..., \"label\": ...}) file")
+    train.add_argument("--val", help="text encoders: the evaluation file (.csv/.jsonl); default: 20%% of each class "
+                                     "of --data held out, seeded")
+    train.add_argument("--max-tokens", type=positive(), default=None,
+                       help="text encoders: cut texts to N tokens (default: the encoder's limit); each batch is "
+                            "padded to its longest text")
     train.add_argument("--strategy", required=True, choices=STRATEGIES)
     train.add_argument("--out", required=True, type=Path, help="run dir to create")
     train.add_argument("--epochs", type=positive(), default=None,
@@ -93,7 +99,7 @@ def train_command(args: argparse.Namespace) -> int:
     metrics = run_training(config)
     timings = metrics["timings"]
     print(f"{args.strategy} {args.backbone}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} "
-          f"evaluation images ({metrics['num_train_images']} training), {timings['total_s']:.0f} s; run dir {args.out}")
+          f"evaluation items ({metrics['num_train_images']} training), {timings['total_s']:.0f} s; run dir {args.out}")
     return 0
 
 

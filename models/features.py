@@ -80,7 +80,8 @@ class TrainInputs(Dataset):
         return to_array(self.flip(self.crop(image)), self.spec), int(self.images.targets[index])
 
 
-def loader(dataset: Dataset, batch_size: int, workers: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
+def loader(dataset: Dataset, batch_size: int, workers: int, *, shuffle: bool = False, seed: int = 0,
+           collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader whose shuffling and per-worker augmentation RNG derive from `seed` (repeatable runs)."""
     return DataLoader(
         dataset,
@@ -89,6 +90,7 @@ def loader(dataset: Dataset, batch_size: int, workers: int, *, shuffle: bool = F
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
+        collate_fn=collate_fn,
     )
 
 

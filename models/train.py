@@ -26,6 +26,7 @@ split costs as much as training on it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,24 +35,28 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, Sequence, get_args
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from graft.artifact.errors import GraftError
 from graft.artifact.head_fit import fit_softmax
 from graft.artifact.outputs import atomic_directory, check_output_dir
 from graft.artifact.preprocessing import PreprocessingSpec
-from graft.models.backbones import Backbone, BackboneEntry, get_backbone, image_backbone
+from graft.artifact.text import TOKENIZER_FILE
+from graft.models.backbones import Backbone, BackboneEntry, get_backbone
 from graft.models.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
-from graft.models.data import Splits, load_splits
+from graft.models.data import ImageSet, Splits, load_splits
 from graft.models.evaluate import classification_report
 from graft.models.features import EvalInputs, Inference, TrainInputs, cached_embeddings, loader, to_device
 from graft.models.plots import plot_confusion, plot_curves
+from graft.models.text import TextBackboneEntry
+from graft.models.text_data import TextInputs
 from graft.models.weights import describe_weights
 
 log = logging.getLogger(__name__)
@@ -89,6 +94,10 @@ class TrainConfig:
     unfreeze: int | Literal["all"] = DEFAULT_UNFREEZE
     limit_train: int | None = None
     limit_val: int | None = None
+    val: str | None = None
+    """Text runs: the evaluation file (else a seeded share of `data` is held out)."""
+    max_tokens: int | None = None
+    """Text runs: cut texts to this many tokens (default: the encoder's limit)."""
     seed: int = 0
     device: str = "auto"
     weights: str = "pretrained"
@@ -230,21 +239,19 @@ def recompute_batchnorm_stats(model: Backbone, images, spec: PreprocessingSpec, 
 
 def train_network(
     model: Backbone,
-    splits: Splits,
+    batches: DataLoader,
     config: TrainConfig,
     device: torch.device,
-    spec: PreprocessingSpec,
     *,
     param_groups: list[dict],
     frozen_bn: bool,
     first_epoch: int,
     phase: str,
 ) -> list[dict]:
-    """Train `model` end to end on augmented inputs for `config.resolved_epochs`; return the history."""
-    epochs = config.resolved_epochs
+    """Train `model` end to end on `batches` (augmented images, or token ids and their mask) for
+    `config.resolved_epochs`; return the history."""
+    epochs = config.resolved_epochs or 0
     optimizer = torch.optim.AdamW(param_groups, weight_decay=NETWORK_WEIGHT_DECAY)
-    batches = loader(TrainInputs(splits.train, spec), config.batch_size, config.workers,
-                     shuffle=True, seed=config.seed)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in param_groups], total_steps=max(epochs * len(batches), 1),
         pct_start=0.15,
@@ -257,8 +264,8 @@ def train_network(
         total_loss, correct, seen = 0.0, 0, 0
         progress = tqdm(batches, desc=f"{phase} {number}/{epochs}", unit="batch", leave=False)
         for inputs, targets in progress:
-            inputs, targets = to_device(inputs, device), targets.to(device)
-            logits, _ = model(inputs)
+            targets = targets.to(device)
+            logits, _ = model(*_on_device(inputs, device))
             loss = F.cross_entropy(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -272,6 +279,63 @@ def train_network(
                         "train_loss": total_loss / seen, "train_accuracy": correct / seen})
         log.info("%s", _progress_line(history[-1]))
     return history
+
+
+def _on_device(inputs: torch.Tensor | Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """A batch's model inputs: (pixels,) or (input_ids, attention_mask)."""
+    if isinstance(inputs, torch.Tensor):
+        return (to_device(inputs, device),)
+    return tuple(tensor.to(device) for tensor in inputs)
+
+
+class ImageInputs:
+    """An image run's inputs: a folder or Fashion-MNIST, eval inputs from `artifact.preprocessing`,
+    augmented training inputs, frozen embeddings cached on disk."""
+
+    def __init__(self, entry: BackboneEntry, device: torch.device):
+        self.name, self.spec, self.device = entry.name, entry.preprocessing, device
+
+    def load(self, config: TrainConfig) -> Splits:
+        return load_splits(config.data, seed=config.seed, limit_train=config.limit_train,
+                           limit_val=config.limit_val, min_side=self.spec.resize_size)
+
+    def embeddings(self, model: Backbone, sets: dict[str, ImageSet], weights_path: str | None,
+                   batching: dict) -> dict[str, torch.Tensor]:
+        """The frozen trunk's embedding of every set, by name; one inference route for all of them."""
+        embedder = Inference(model, "embedding", self.spec, device=self.device,
+                             num_images=sum(len(images) for images in sets.values()))
+        if weights_path is None:  # a seeded random trunk: nothing worth a cache entry
+            return {name: embedder(images, desc=f"embedding {name} images", **batching) for name, images in sets.items()}
+        return {name: cached_embeddings(embedder, self.name, weights_path, images, name=name, **batching)
+                for name, images in sets.items()}
+
+    def train_batches(self, images: ImageSet, config: TrainConfig) -> DataLoader:
+        return loader(TrainInputs(images, self.spec), config.batch_size, config.workers, shuffle=True, seed=config.seed)
+
+    def logits(self, model: Backbone, images: ImageSet, batching: dict) -> torch.Tensor:
+        return Inference(model, "logits", self.spec, device=self.device, num_images=len(images))(
+            images, desc="evaluating", **batching)
+
+
+class TextRun:
+    """A text run's side of `run_training`, over `TextInputs`: no cache (a text set embeds in seconds)."""
+
+    def __init__(self, entry: TextBackboneEntry, config: TrainConfig, device: torch.device):
+        self.inputs = TextInputs(entry, config.max_tokens, device)
+
+    def load(self, config: TrainConfig) -> Splits:
+        return self.inputs.load(config.data, config.val, seed=config.seed, limit_train=config.limit_train,
+                                limit_val=config.limit_val)
+
+    def embeddings(self, model: Backbone, sets: dict, weights_path: str | None, batching: dict) -> dict[str, torch.Tensor]:
+        return {name: self.inputs.outputs(model, texts, "embedding", batch_size=batching["batch_size"],
+                                          desc=f"embedding {name} texts") for name, texts in sets.items()}
+
+    def train_batches(self, texts, config: TrainConfig) -> DataLoader:
+        return self.inputs.train_batches(texts, config.batch_size, config.seed)
+
+    def logits(self, model: Backbone, texts, batching: dict) -> torch.Tensor:
+        return self.inputs.outputs(model, texts, "logits", batch_size=batching["batch_size"], desc="evaluating")
 
 
 # ---- one run -----------------------------------------------------------------------------------
@@ -288,11 +352,11 @@ def run_training(config: TrainConfig) -> dict:
     out = Path(config.out)
     check_out(out, config.overwrite)
     entry = get_backbone(config.backbone)  # unknown names fail before any work
-    if not isinstance(entry, BackboneEntry):
-        raise GraftError(f"expected an image backbone for graft train, got the {entry.modality} encoder "
-                         f"{entry.name!r}; fit text heads with POST /heads on its exported embedder")
     if config.strategy not in get_args(Strategy):
         raise GraftError(f"expected a strategy in {get_args(Strategy)}, got {config.strategy!r}")
+    if isinstance(entry, BackboneEntry) and (config.val, config.max_tokens) != (None, None):
+        raise GraftError(f"expected --val and --max-tokens with a text encoder only, got them for the image "
+                         f"backbone {entry.name!r} (an image folder holds its evaluation set in val/)")
     if config.strategy == "feature-extract" and (config.epochs, config.lr) != (None, None):
         log.warning("feature-extract fits its head to convergence (L-BFGS): --epochs and --lr apply to "
                     "fine-tune and scratch only, ignored here")
@@ -300,11 +364,11 @@ def run_training(config: TrainConfig) -> dict:
         raise GraftError(f"expected --unfreeze N >= 0 or 'all', got {config.unfreeze}")
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    spec = entry.preprocessing
+    side: ImageInputs | TextRun = (ImageInputs(entry, device) if isinstance(entry, BackboneEntry)
+                                   else TextRun(entry, config, device))
     timings: dict[str, float] = {}
 
-    splits = load_splits(config.data, seed=config.seed, limit_train=config.limit_train,
-                         limit_val=config.limit_val, min_side=spec.resize_size)
+    splits = side.load(config)
     timings["data_s"] = time.perf_counter() - started
 
     weights = "none" if config.strategy == "scratch" else config.weights
@@ -324,17 +388,10 @@ def run_training(config: TrainConfig) -> dict:
     if config.strategy in ("feature-extract", "fine-tune"):
         tick = time.perf_counter()
         model.eval()
-        evaluated = len(splits.val) if config.strategy == "feature-extract" else 0
-        embedder = Inference(model, "embedding", spec, device=device, num_images=len(splits.train) + evaluated)
-
-        def embed(images, name):
-            if weights == "none":  # a seeded random trunk: nothing worth a cache entry
-                return embedder(images, desc=f"embedding {name} images", **batching)
-            return cached_embeddings(embedder, config.backbone, weights_path, images, name=name, **batching)
-
-        train_x = embed(splits.train, "training")
-        val_x = embed(splits.val, "evaluation") if evaluated else None
-        del embed, embedder  # frees the ONNX Runtime session and its arena before the head is fitted
+        sets = {"training": splits.train, **({"evaluation": splits.val} if config.strategy == "feature-extract" else {})}
+        embedded = side.embeddings(model, sets, None if weights == "none" else weights_path, batching)
+        train_x, val_x = embedded["training"], embedded.get("evaluation")
+        del embedded  # frees the ONNX Runtime session and its arena before the head is fitted
         timings["embed_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
         head, fitted = fit_linear_head(
@@ -350,29 +407,30 @@ def run_training(config: TrainConfig) -> dict:
 
     if config.strategy in ("fine-tune", "scratch"):
         tick = time.perf_counter()
+        lr = config.resolved_lr or 0.0
         if config.strategy == "fine-tune":
             set_trainable(model, config.unfreeze)
             trunk = [p for p in model.trunk.parameters() if p.requires_grad]
-            groups = [{"params": list(model.head.parameters()), "lr": config.resolved_lr}]
+            groups = [{"params": list(model.head.parameters()), "lr": lr}]
             if trunk:
-                groups.append({"params": trunk, "lr": config.resolved_lr * BACKBONE_LR_FACTOR})
+                groups.append({"params": trunk, "lr": lr * BACKBONE_LR_FACTOR})
         else:
-            groups = [{"params": list(model.parameters()), "lr": config.resolved_lr}]
+            groups = [{"params": list(model.parameters()), "lr": lr}]
         history += train_network(
-            model, splits, config, device, spec, param_groups=groups, frozen_bn=config.strategy == "fine-tune",
-            first_epoch=len(history) + 1, phase=config.strategy,
+            model, side.train_batches(splits.train, config), config, device, param_groups=groups,
+            frozen_bn=config.strategy == "fine-tune", first_epoch=len(history) + 1, phase=config.strategy,
         )
-        if config.strategy == "scratch":
-            recompute_batchnorm_stats(model, splits.train, spec, device=device, **batching)
+        if config.strategy == "scratch" and isinstance(side, ImageInputs):
+            recompute_batchnorm_stats(model, splits.train, side.spec, device=device, **batching)
         timings["train_s"] = time.perf_counter() - tick
         model.eval()
         tick = time.perf_counter()
-        evaluate = Inference(model, "logits", spec, device=device, num_images=len(splits.val))
-        val_logits = evaluate(splits.val, desc="evaluating", **batching)
+        val_logits = side.logits(model, splits.val, batching)
         timings["eval_s"] = time.perf_counter() - tick
         history[-1]["val_loss"] = F.cross_entropy(val_logits, val_y).item()
         history[-1]["val_accuracy"] = (val_logits.argmax(1) == val_y).float().mean().item()
 
+    assert val_logits is not None  # every strategy evaluates (feature-extract above, the others after training)
     report = classification_report(splits.val.targets, val_logits.argmax(1).numpy(), splits.labels)
     timings["total_s"] = time.perf_counter() - started
     metrics = {**report, "strategy": config.strategy, "backbone": config.backbone,
@@ -381,8 +439,8 @@ def run_training(config: TrainConfig) -> dict:
                                           for i, label in enumerate(splits.labels)},
                **_file_counts(splits),
                "timings": timings, "history": history}
-    _write_run_dir(out, config, model, splits, weights_source, weights_sha256, metrics)
-    log.info("accuracy %.4f on %d evaluation images; run dir %s", report["accuracy"], report["num_images"], out)
+    _write_run_dir(out, config, model, splits, side, weights_source, weights_sha256, metrics)
+    log.info("accuracy %.4f on %d evaluation items; run dir %s", report["accuracy"], report["num_images"], out)
     return metrics
 
 
@@ -391,15 +449,17 @@ def _file_counts(splits: Splits) -> dict:
             "ignored_files": splits.ignored_files}
 
 
-def _write_run_dir(out: Path, config: TrainConfig, model: Backbone, splits: Splits,
+def _write_run_dir(out: Path, config: TrainConfig, model: Backbone, splits: Splits, side: ImageInputs | TextRun,
                    weights_source: str, weights_sha256: str | None, metrics: dict) -> None:
-    spec = image_backbone(config.backbone).preprocessing
+    image_spec = side.spec if isinstance(side, ImageInputs) else None
+    text = side.inputs if isinstance(side, TextRun) else None
     with atomic_directory(out) as tmp:  # an existing `out` was vetted by check_out
         model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
         save_checkpoint(tmp / CHECKPOINT_FILE, Checkpoint(
             backbone=config.backbone,
             labels=list(splits.labels),
-            preprocessing=spec,
+            preprocessing=image_spec,
+            text=None if text is None else text.spec,
             state_dict={k: v.contiguous() for k, v in model.state_dict().items()},
             weights_source=weights_source,
             pretrained=config.strategy != "scratch",
@@ -407,13 +467,19 @@ def _write_run_dir(out: Path, config: TrainConfig, model: Backbone, splits: Spli
             extra={"accuracy": metrics["accuracy"], "data": splits.source, "weights_sha256": weights_sha256},
         ))
         (tmp / "labels.json").write_text(json.dumps(list(splits.labels), indent=2) + "\n")
+        # A text run keeps its tokenizer beside the checkpoint, so export needs nothing else.
+        inputs: dict = {"preprocessing": asdict(image_spec)} if image_spec is not None else {}
+        if text is not None:
+            (tmp / TOKENIZER_FILE).write_bytes(text.tokenizer_json)
+            inputs = {"text": asdict(text.spec), "tokenizer_sha256": hashlib.sha256(text.tokenizer_json).hexdigest()}
         run_config = {
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
             "epochs": config.resolved_epochs, "lr": config.resolved_lr,
             "backbone": config.backbone, "strategy": config.strategy,
-            "preprocessing": asdict(spec), "weights_source": weights_source, "weights_sha256": weights_sha256,
+            **inputs, "weights_source": weights_source, "weights_sha256": weights_sha256,
             "data": {"source": splits.source, "split": splits.split, "num_train": len(splits.train),
-                     "num_eval": len(splits.val), **_file_counts(splits)},
+                     "num_eval": len(splits.val), **_file_counts(splits),
+                     **({"val": str(Path(config.val).resolve())} if config.val else {})},
             "versions": {name: metadata.version(name) for name in ("graft", "torch", "torchvision", "timm")},
         }
         (tmp / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")

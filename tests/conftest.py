@@ -6,6 +6,7 @@ CLI and `export.export_backbone`), so every suite tests against what users get.
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import tempfile
@@ -103,6 +104,38 @@ def text_artifact(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("text") / "minilm"
     assert main(["export", "--backbone", "all-minilm-l6-v2", "--headless", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def bbc_files(tmp_path_factory) -> tuple[Path, Path]:
+    """40 BBC News texts to train on (8 per class) and 20 held out (4 per class), as CSV files."""
+    from graft.benchmarks.text_heads import write_csv
+
+    full_train, full_test = write_csv(tmp_path_factory.mktemp("bbc-full"))
+    folder = tmp_path_factory.mktemp("bbc")
+    for source, per_class in ((full_train, 8), (full_test, 4)):
+        rows = list(csv.DictReader(source.open(encoding="utf-8")))
+        chosen: list[dict] = []
+        for label in sorted({r["label"] for r in rows}):
+            chosen += [row for row in rows if row["label"] == label][:per_class]
+        with (folder / source.name).open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["text", "label"])
+            writer.writeheader()
+            writer.writerows(chosen)
+    return folder / full_train.name, folder / full_test.name
+
+
+@pytest.fixture(scope="session")
+def text_run(tmp_path_factory, bbc_files) -> Path:
+    """all-MiniLM-L6-v2 fine-tuned (1 epoch, last 2 layers, 32 tokens) on `bbc_files` through `graft train`."""
+    from graft.cli import main
+
+    out = tmp_path_factory.mktemp("text-run") / "run"
+    train, val = bbc_files
+    assert main(["train", "--backbone", "all-minilm-l6-v2", "--data", str(train), "--val", str(val),
+                 "--strategy", "fine-tune", "--epochs", "1", "--unfreeze", "2", "--max-tokens", "32",
+                 "--batch-size", "8", "--out", str(out)]) == 0
     return out
 
 
