@@ -68,7 +68,7 @@ def photo_crops(names: tuple[str, ...], count: int, seed: int) -> Images:
         photo = photos[index % len(photos)]
         scale = rng.uniform(MIN_CROP, 1.0)
         width, height = round(photo.width * scale), round(photo.height * scale)
-        left, top = rng.integers(0, photo.width - width + 1), rng.integers(0, photo.height - height + 1)
+        left, top = int(rng.integers(0, photo.width - width + 1)), int(rng.integers(0, photo.height - height + 1))
         crop = photo.crop((left, top, left + width, top + height))
         crops.append(ImageOps.mirror(crop) if rng.random() < 0.5 else crop)
     return Images(ImageSample(f"scikit-image photos, random crops and flips: {', '.join(names)}", count, seed), crops)

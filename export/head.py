@@ -34,6 +34,7 @@ from graft.artifact.manifest import MODEL_FILE, ParityFigures, read_manifest, sh
 from graft.export import parity, quantize
 from graft.export.calibration import Images, run_held_out
 from graft.export.errors import ExportError, OutputExists, ParityError, QuantizationError
+from graft.models.backbones import Backbone
 from graft.models.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from graft.models.weights import describe_weights
 
@@ -142,7 +143,7 @@ def _images_per_class(metrics: dict, labels: list[str]) -> dict[str, int]:
     return {label: int(counts[label]) for label in labels if label in counts} if counts else {}
 
 
-def check_int8(head: Head, model: torch.nn.Module, artifact: Path, manifest, held_out: Images) -> ParityFigures:
+def check_int8(head: Head, model: Backbone, artifact: Path, manifest, held_out: Images) -> ParityFigures:
     """The head on an INT8 artifact vs the run's PyTorch model on the run's labelled evaluation images.
 
     The INT8 embedding cannot match PyTorch's to float32 precision, so the gate is on the head's
@@ -189,7 +190,7 @@ def check_int8(head: Head, model: torch.nn.Module, artifact: Path, manifest, hel
     )
 
 
-def check_parity(head: Head, model: torch.nn.Module, artifact: Path, manifest, validation) -> ParityFigures:
+def check_parity(head: Head, model: Backbone, artifact: Path, manifest, validation) -> ParityFigures:
     """The head on the stock artifact vs the run's PyTorch model; raises `ParityError` past the gate."""
     images = parity.photos()
     sources = [f"skimage: {', '.join(parity.PHOTOS)}"]
