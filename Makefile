@@ -66,9 +66,11 @@ $(CONTAINER_DEPS):
 test: install system-deps lint
 	$(PY) -m pytest
 
-# pyflakes (unused imports and names) and import order, configured in pyproject.toml.
+# pyflakes (unused imports and names) and import order, then the type checker over the installed
+# namespace; both configured in pyproject.toml.
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m mypy -p graft
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
