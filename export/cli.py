@@ -96,7 +96,7 @@ def _export(args: argparse.Namespace) -> int:
         manifest = export_run(args.run, args.out, **options)
     for precision, figures in manifest.parity.items():
         log.info(
-            "parity %s: %d images, max abs diff %s, top-1 agreement %s",
+            "parity %s: %d inputs, max abs diff %s, top-1 agreement %s",
             precision, figures.images, figures.max_abs_diff, figures.top1_agreement,
         )
     if manifest.quantization is not None:

@@ -18,7 +18,11 @@
   end, see `recompute_batchnorm_stats`) for the same `epochs` on the same images: the baseline
   that shows what transfer buys.
 
-Evaluation always runs the model on `artifact.preprocessing.preprocess` outputs. The history has one
+A text encoder's run (`models.text_data`: CSV/JSONL files, the encoder's tokenizer) goes through the
+same steps and loop: its batches are token ids and attention masks, padded per batch, instead of
+pixels; it has no BatchNorm and no feature cache (a text set embeds in seconds to minutes).
+
+Evaluation of an image run always runs the model on `artifact.preprocessing.preprocess` outputs. The history has one
 entry for the head fit (training and evaluation loss and accuracy on the cached embeddings) and one
 per epoch of full-network training, evaluated once at the end, where each pass over the evaluation
 split costs as much as training on it.
