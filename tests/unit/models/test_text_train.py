@@ -3,6 +3,7 @@ on text runs, and the one-line refusals of bad text files."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from graft.artifact.text import TOKENIZER_FILE
 from graft.cli import main
 from graft.models.backbones import get_backbone
 from graft.models.checkpoint import load_checkpoint
+from graft.models.text_data import load_text_splits
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +94,17 @@ def test_text_options_are_refused_for_an_image_backbone(tmp_path, capsys):
     code = main(["train", "--backbone", "tf_efficientnet_lite0", "--data", "fashion-mnist", "--strategy",
                  "feature-extract", "--max-tokens", "32", "--out", str(tmp_path / "run")])
     assert code == 2 and "--val and --max-tokens with a text encoder only" in capsys.readouterr().err
+
+
+def test_jsonl_gives_the_same_split_as_csv(bbc_files, tmp_path):
+    train, val = bbc_files
+    rows = list(csv.DictReader(train.open(encoding="utf-8")))
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    from_csv, from_jsonl = load_text_splits(train, val), load_text_splits(jsonl, val)
+    assert from_jsonl.train.texts == from_csv.train.texts and from_jsonl.labels == tuple(LABELS)
+    assert list(from_jsonl.val.targets) == list(from_csv.val.targets) and len(from_jsonl.train) == 40
+
+
+def test_max_tokens_beyond_the_encoder_is_refused(bbc_files, tmp_path, capsys):
+    assert "--max-tokens in 3..256" in refused(bbc_files[0], tmp_path, capsys, "--max-tokens", "512")
