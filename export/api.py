@@ -158,7 +158,7 @@ def export_run(
 ) -> Manifest:
     """Export a `graft train` run dir as a classifier (`logits` and `embedding` from one forward).
 
-    The parity gate adds up to `validation_limit` of the run's validation images to the photos.
+    The parity gate adds up to `validation_limit` of the run's validation images (texts) to its photos (sentences).
     The model's name (what the service serves it as) is `model_name`, else `out`'s last path
     component.
 

@@ -292,9 +292,9 @@ def _on_device(inputs: torch.Tensor | Sequence[torch.Tensor], device: torch.devi
     return tuple(tensor.to(device) for tensor in inputs)
 
 
-class ImageInputs:
-    """An image run's inputs: a folder or Fashion-MNIST, eval inputs from `artifact.preprocessing`,
-    augmented training inputs, frozen embeddings cached on disk."""
+class ImageSide:
+    """An image run's side of `run_training`: a folder or Fashion-MNIST, eval inputs from
+    `artifact.preprocessing`, augmented training inputs, frozen embeddings cached on disk."""
 
     def __init__(self, entry: BackboneEntry, device: torch.device):
         self.name, self.spec, self.device = entry.name, entry.preprocessing, device
@@ -321,8 +321,8 @@ class ImageInputs:
             images, desc="evaluating", **batching)
 
 
-class TextRun:
-    """A text run's side of `run_training`, over `TextInputs`: no cache (a text set embeds in seconds)."""
+class TextSide:
+    """A text run's side of `run_training`, over `TextInputs`: no feature cache (a text set embeds in minutes at most)."""
 
     def __init__(self, entry: TextBackboneEntry, config: TrainConfig, device: torch.device):
         self.inputs = TextInputs(entry, config.max_tokens, device)
@@ -368,8 +368,8 @@ def run_training(config: TrainConfig) -> dict:
         raise GraftError(f"expected --unfreeze N >= 0 or 'all', got {config.unfreeze}")
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    side: ImageInputs | TextRun = (ImageInputs(entry, device) if isinstance(entry, BackboneEntry)
-                                   else TextRun(entry, config, device))
+    side: ImageSide | TextSide = (ImageSide(entry, device) if isinstance(entry, BackboneEntry)
+                                   else TextSide(entry, config, device))
     timings: dict[str, float] = {}
 
     splits = side.load(config)
@@ -424,7 +424,7 @@ def run_training(config: TrainConfig) -> dict:
             model, side.train_batches(splits.train, config), config, device, param_groups=groups,
             frozen_bn=config.strategy == "fine-tune", first_epoch=len(history) + 1, phase=config.strategy,
         )
-        if config.strategy == "scratch" and isinstance(side, ImageInputs):
+        if config.strategy == "scratch" and isinstance(side, ImageSide):
             recompute_batchnorm_stats(model, splits.train, side.spec, device=device, **batching)
         timings["train_s"] = time.perf_counter() - tick
         model.eval()
@@ -453,10 +453,10 @@ def _file_counts(splits: Splits) -> dict:
             "ignored_files": splits.ignored_files}
 
 
-def _write_run_dir(out: Path, config: TrainConfig, model: Backbone, splits: Splits, side: ImageInputs | TextRun,
+def _write_run_dir(out: Path, config: TrainConfig, model: Backbone, splits: Splits, side: ImageSide | TextSide,
                    weights_source: str, weights_sha256: str | None, metrics: dict) -> None:
-    image_spec = side.spec if isinstance(side, ImageInputs) else None
-    text = side.inputs if isinstance(side, TextRun) else None
+    image_spec = side.spec if isinstance(side, ImageSide) else None
+    text = side.inputs if isinstance(side, TextSide) else None
     with atomic_directory(out) as tmp:  # an existing `out` was vetted by check_out
         model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
         save_checkpoint(tmp / CHECKPOINT_FILE, Checkpoint(
