@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from graft.artifact.errors import GraftError
 
@@ -52,8 +53,14 @@ class JsonDocument:
     def _invalid(cls, error: ValidationError, source: object) -> GraftError:
         # One line, so `graft serve` can refuse to start with one line saying why.
         problems = "; ".join(
-            f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}" if problem["loc"] else problem["msg"]
+            f"{'.'.join(map(str, problem['loc']))}: {_message(problem)}" if problem["loc"] else _message(problem)
             for problem in error.errors(include_url=False)
         )
         where = f" {source}" if source is not None else ""
         return cls.invalid(f"invalid {cls.document}{where}: {problems}")
+
+
+def _message(problem: ErrorDetails) -> str:
+    """pydantic's message, without the "Value error, " it puts before a validator's own words."""
+    cause = problem.get("ctx", {}).get("error")
+    return str(cause) if problem["type"] == "value_error" and cause is not None else problem["msg"]

@@ -203,8 +203,10 @@ class Manifest(JsonDocument):
         if self.modality == "text":
             self._check_text_io()
             return
-        if self.preprocessing is None or self.text is not None or self.io.layout != "NCHW" or self.io.mask:
-            raise ValueError("expected an image model to have a preprocessing block, NCHW input and no text block")
+        if self.preprocessing is None:
+            raise ValueError("expected a preprocessing block for an image model, got none")
+        if self.text is not None or self.io.layout != "NCHW" or self.io.mask:
+            raise ValueError("expected an image model to have NCHW input and no text block")
         expected_input = (None, 3, *self.preprocessing.input_size)
         if tuple(self.io.input.shape) != expected_input:
             raise ValueError(

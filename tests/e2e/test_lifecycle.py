@@ -64,7 +64,8 @@ def test_a_broken_manifest_stops_the_server_at_start_with_one_line(lite0_classif
     (broken / "manifest.json").write_text(json.dumps(manifest))
     done = _serve_refused(broken)
     assert done.stderr.strip().splitlines() == [
-        f"graft serve: error: invalid manifest {broken / 'manifest.json'}: preprocessing: Field required"
+        f"graft serve: error: invalid manifest {broken / 'manifest.json'}: expected a preprocessing block for an image "
+        "model, got none"
     ], done.stderr[-2000:]
 
 

@@ -137,7 +137,7 @@ def test_a_bad_manifest_file_is_one_line_naming_the_file_and_every_field(tmp_pat
 def test_an_image_manifest_needs_its_preprocessing_block():
     data = classifier().to_dict()
     del data["preprocessing"]
-    with pytest.raises(ManifestError, match="expected an image model to have a preprocessing block"):
+    with pytest.raises(ManifestError, match="expected a preprocessing block for an image model, got none"):
         Manifest.from_dict(data)
 
 
