@@ -129,8 +129,8 @@ class Quantization:
     """Nodes left in float32 (no QuantizeLinear/DequantizeLinear around them)."""
     gate: AccuracyGateFigures
     format: Literal["QDQ"] = "QDQ"
-    activations: str = "int8"
-    weights: str = "int8"
+    activations: Literal["uint8", "int8"] = "int8"
+    weights: Literal["int8"] = "int8"
 
 
 @dataclass(frozen=True)

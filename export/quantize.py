@@ -1,8 +1,8 @@
 """INT8 artifacts: ONNX Runtime static quantization (QDQ), then an accuracy gate against FP32.
 
 The FP32 graph (already through the PyTorch parity gate) is quantized with
-`onnxruntime.quantization.quantize_static`: int8 weights and activations in QDQ format, so the
-graph keeps float32 inputs and outputs and the service feeds it exactly what it feeds FP32.
+`onnxruntime.quantization.quantize_static`: int8 weights and uint8 activations in QDQ format, so
+the graph keeps float32 inputs and outputs and the service feeds it exactly what it feeds FP32.
 The defaults (`Settings`) were chosen by measurement (benchmarks/RESULTS.md, "INT8").
 
 The gate runs the INT8 and the FP32 graph on held-out images (never the calibration images) and
@@ -17,7 +17,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 import onnx
@@ -39,11 +39,15 @@ MAX_ACCURACY_DROP = 0.005
 @dataclass(frozen=True)
 class Settings:
     """Quantization settings. `float_convs`: how many of the graph's first Conv nodes stay float32
-    (the stem and first block see raw pixels, where 8 bits lose the most)."""
+    (the stem and first block see raw pixels, where 8 bits lose the most). `activations`: uint8
+    activations with int8 weights (U8S8) are what ONNX Runtime's x86 int8 kernels (AVX-512 VNNI,
+    AVX2) run natively; int8 activations (S8S8) ran slower than FP32 on the EPYC we measured
+    (benchmarks/RESULTS.md, "INT8") at the same accuracy."""
 
     calibration_method: str = "MinMax"
     per_channel: bool = True
     float_convs: int = 3
+    activations: Literal["uint8", "int8"] = "uint8"
 
 
 class _Batches(CalibrationDataReader):
@@ -72,7 +76,8 @@ def quantize(fp32: Path, out: Path, inputs: np.ndarray, settings: Settings) -> t
             quantize_static(
                 str(prepared), str(out), _Batches(graph.graph.input[0].name, inputs),
                 quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8 if settings.activations == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, settings.calibration_method),
                 nodes_to_exclude=list(keep),
             )
@@ -160,4 +165,5 @@ def describe(settings: Settings, calibration: ImageSample, float_nodes: tuple[st
              figures: AccuracyGateFigures) -> Quantization:
     """The manifest's `quantization` block."""
     return Quantization(calibration=calibration, calibration_method=settings.calibration_method,  # type: ignore[arg-type]
-                        per_channel=settings.per_channel, float_nodes=float_nodes, gate=figures)
+                        per_channel=settings.per_channel, float_nodes=float_nodes, gate=figures,
+                        activations=settings.activations)
