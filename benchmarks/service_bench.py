@@ -15,6 +15,7 @@ then the serving-core targets, each met or missed with its ratio.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 import httpx
+import psutil
 
 from graft.artifact.manifest import read_manifest
 from graft.benchmarks import metrics, profile
@@ -159,13 +161,19 @@ class Server:
 
     def __exit__(self, *exc_info) -> None:
         if self.process is not None and self.process.poll() is None:
-            # The server's workers share its process group (start_new_session): stop them all.
+            # NOTE: BentoML starts its workers in sessions of their own, out of reach of a signal to the
+            # server's process group: note them first, and kill whichever outlive the server (a server
+            # stopped while its workers start can take longer than this wait and leave them behind).
+            workers = psutil.Process(self.process.pid).children(recursive=True)
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+            for worker in workers:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    worker.kill()
         self._log.close()
 
 
