@@ -44,7 +44,7 @@ class Settings:
     AVX2) run natively; int8 activations (S8S8) ran slower than FP32 on the EPYC we measured
     (benchmarks/RESULTS.md, "INT8") at the same accuracy."""
 
-    calibration_method: str = "MinMax"
+    calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
     per_channel: bool = True
     float_convs: int = 3
     activations: Literal["uint8", "int8"] = "uint8"
@@ -164,6 +164,6 @@ def measured(median_cosine: float, top1: float | None, accuracy: dict[str, float
 def describe(settings: Settings, calibration: ImageSample, float_nodes: tuple[str, ...],
              figures: AccuracyGateFigures) -> Quantization:
     """The manifest's `quantization` block."""
-    return Quantization(calibration=calibration, calibration_method=settings.calibration_method,  # type: ignore[arg-type]
+    return Quantization(calibration=calibration, calibration_method=settings.calibration_method,
                         per_channel=settings.per_channel, float_nodes=float_nodes, gate=figures,
                         activations=settings.activations)
