@@ -180,26 +180,33 @@ class TextInputs:
             path = Path(folder) / TOKENIZER_FILE
             path.write_bytes(self.tokenizer_json)
             self.tokenizer = TextTokenizer(path, self.spec)
+        # Each text set is tokenised once, then counted, batched every epoch and evaluated from that.
+        self._tokenised: dict[int, tuple[TextSet, TokenBatches]] = {}
+
+    def _batches(self, texts: TextSet) -> TokenBatches:
+        if id(texts) not in self._tokenised:  # the set is kept beside its tokens, so its id stays its own
+            self._tokenised[id(texts)] = (texts, TokenBatches(self.tokenizer, texts))
+        return self._tokenised[id(texts)][1]
 
     def load(self, data: str, val: str | None, *, seed: int, limit_train: int | None,
              limit_val: int | None) -> Splits:
         splits = load_text_splits(data, val, seed=seed, limit_train=limit_train, limit_val=limit_val)
         for name, texts in (("training", splits.train), ("evaluation", splits.val)):
-            cut = TokenBatches(self.tokenizer, texts).truncated  # type: ignore[arg-type]
+            cut = self._batches(texts).truncated  # type: ignore[arg-type]
             if cut:
                 log.warning("%d %s text(s) are longer than %d tokens and were cut to their first %d",
                             cut, name, self.spec.max_tokens, self.spec.max_tokens)
         return splits
 
     def train_batches(self, texts: TextSet, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
-        return TokenBatches(self.tokenizer, texts).loader(batch_size, shuffle=True, seed=seed)
+        return self._batches(texts).loader(batch_size, shuffle=True, seed=seed)
 
     @torch.inference_mode()
     def outputs(self, model: Backbone, texts: TextSet, output: str, *, batch_size: int, desc: str) -> torch.Tensor:
         """`model`'s `output` ("logits" or "embedding") per text, float32 [N, D] on CPU; `model` in eval mode."""
         model.eval()
         results = []
-        for (ids, mask), _ in tqdm(TokenBatches(self.tokenizer, texts).loader(batch_size), desc=desc,
+        for (ids, mask), _ in tqdm(self._batches(texts).loader(batch_size), desc=desc,
                                    unit="batch", leave=False):
             logits, embedding = model(ids.to(self.device), mask.to(self.device))
             results.append((logits if output == "logits" else embedding).float().cpu())
