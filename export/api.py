@@ -302,10 +302,10 @@ def _quantize(fp32: Path, out: Path, source: _Source, settings: quantize.Setting
               calibrate: calibration.Images, held_out: calibration.Images):
     """Quantize `fp32` into `out` and gate it; the manifest's quantization block."""
     spec = source.preprocessing
-    float_nodes = quantize.quantize(fp32, out, preprocess_batch(calibrate.images, spec), settings)
+    float_nodes = quantize.quantize(fp32, out, calibrate.images, spec, settings)
     # Accuracy only where the held-out labels are the ones this model predicts (a run's own split).
     targets = held_out.targets if held_out.labels and held_out.labels == source.labels else None
-    figures = quantize.gate(fp32, out, preprocess_batch(held_out.images, spec), held_out.sample, targets)
+    figures = quantize.gate(fp32, out, held_out.images, spec, held_out.sample, targets)
     return quantize.describe(settings, calibrate.sample, float_nodes, figures)
 
 

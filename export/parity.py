@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -77,9 +78,14 @@ def torch_outputs(backbone: Backbone, inputs: np.ndarray, names: tuple[str, ...]
     return {name: np.concatenate(results[name]) for name in names}
 
 
-def onnx_outputs(path: Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """ONNX Runtime's outputs (CPU provider, the serving session settings) by name, in batches."""
-    session = open_session(path, providers=[PROVIDER])
+def onnx_session(path: Path) -> ort.InferenceSession:
+    """The gates' ONNX Runtime session: the CPU provider with the serving session settings."""
+    return open_session(path, providers=[PROVIDER])
+
+
+def onnx_outputs(model: Path | ort.InferenceSession, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """The outputs of `model` (a graph's path, or its `onnx_session`) by name, in batches."""
+    session = model if isinstance(model, ort.InferenceSession) else onnx_session(model)
     input_name = session.get_inputs()[0].name
     names = [o.name for o in session.get_outputs()]
     batches = [session.run(names, {input_name: inputs[s : s + BATCH_SIZE]}) for s in range(0, len(inputs), BATCH_SIZE)]

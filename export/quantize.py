@@ -17,14 +17,16 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from PIL import Image
 
 from graft.artifact.manifest import AccuracyGateFigures, ImageSample, Quantization
+from graft.artifact.preprocessing import PreprocessingSpec, preprocess_batch
 from graft.export import parity
 from graft.export.errors import QuantizationError
 
@@ -34,6 +36,9 @@ MIN_TOP1_AGREEMENT = 0.97
 MIN_MEDIAN_COSINE = 0.99
 MAX_ACCURACY_DROP = 0.005
 """0.5 points of accuracy (0..1) on a labelled held-out split."""
+CHUNK = 4 * parity.BATCH_SIZE
+"""Held-out images the gate preprocesses and runs at a time, so its memory does not grow with the
+held-out size; a multiple of the batch size, so ONNX Runtime runs the batches one pass over all would."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,11 @@ class Settings:
 
 
 class _Batches(CalibrationDataReader):
-    def __init__(self, input_name: str, inputs: np.ndarray):
-        self._batches = iter(inputs[s : s + parity.BATCH_SIZE] for s in range(0, len(inputs), parity.BATCH_SIZE))
+    """Calibration batches, each preprocessed when the quantizer asks for it (it reads them once)."""
+
+    def __init__(self, input_name: str, images: Sequence[Image.Image], spec: PreprocessingSpec):
+        self._batches = (preprocess_batch(images[s : s + parity.BATCH_SIZE], spec)
+                         for s in range(0, len(images), parity.BATCH_SIZE))
         self._input_name = input_name
 
     def get_next(self) -> dict | None:
@@ -60,8 +68,9 @@ class _Batches(CalibrationDataReader):
         return None if batch is None else {self._input_name: batch}
 
 
-def quantize(fp32: Path, out: Path, inputs: np.ndarray, settings: Settings) -> tuple[str, ...]:
-    """Write the INT8 QDQ graph of `fp32` to `out`, calibrated on `inputs`; return the nodes left float.
+def quantize(fp32: Path, out: Path, images: Sequence[Image.Image], spec: PreprocessingSpec,
+             settings: Settings) -> tuple[str, ...]:
+    """Write the INT8 QDQ graph of `fp32` to `out`, calibrated on `images`; return the nodes left float.
 
     `quant_pre_process` (shape inference, graph optimisation) runs first, as ONNX Runtime advises,
     into a file beside `out` that is removed after.
@@ -74,7 +83,7 @@ def quantize(fp32: Path, out: Path, inputs: np.ndarray, settings: Settings) -> t
         keep = tuple(convs[: settings.float_convs])
         with _root_log_level(logging.WARNING):
             quantize_static(
-                str(prepared), str(out), _Batches(graph.graph.input[0].name, inputs),
+                str(prepared), str(out), _Batches(graph.graph.input[0].name, images, spec),
                 quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
                 activation_type=QuantType.QUInt8 if settings.activations == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
@@ -106,26 +115,35 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
 
 
-def gate(fp32: Path, int8: Path, inputs: np.ndarray, held_out: ImageSample,
-         targets: np.ndarray | None = None) -> AccuracyGateFigures:
-    """Compare the INT8 graph with the FP32 graph on held-out `inputs`; `targets`: labels the
-    model's logits index, where known.
+def gate(fp32: Path, int8: Path, images: Sequence[Image.Image], spec: PreprocessingSpec, held_out: ImageSample,
+         targets: np.ndarray | None = None, chunk: int = CHUNK) -> AccuracyGateFigures:
+    """Compare the INT8 graph with the FP32 graph on held-out `images`, `chunk` images at a time;
+    `targets`: labels the model's logits index, where known.
 
     Raises:
         QuantizationError: a figure past its threshold, all failures in one line.
     """
-    reference, actual = parity.onnx_outputs(fp32, inputs), parity.onnx_outputs(int8, inputs)
-    cosine = cosines(actual["embedding"], reference["embedding"])
+    reference_session, actual_session = parity.onnx_session(fp32), parity.onnx_session(int8)
+    # Only per-image figures outlive a chunk: its inputs and outputs go before the next is preprocessed.
+    cosine_chunks, expected_chunks, predicted_chunks = [], [], []
+    for start in range(0, len(images), chunk):
+        inputs = preprocess_batch(images[start : start + chunk], spec)
+        reference, actual = parity.onnx_outputs(reference_session, inputs), parity.onnx_outputs(actual_session, inputs)
+        cosine_chunks.append(cosines(actual["embedding"], reference["embedding"]))
+        if "logits" in reference:
+            expected_chunks.append(reference["logits"].argmax(1))
+            predicted_chunks.append(actual["logits"].argmax(1))
+    cosine = np.concatenate(cosine_chunks)
     median = float(np.median(cosine))
     top1 = accuracy = None
-    if "logits" in reference:
-        predicted, expected = actual["logits"].argmax(1), reference["logits"].argmax(1)
+    if expected_chunks:
+        predicted, expected = np.concatenate(predicted_chunks), np.concatenate(expected_chunks)
         top1 = float(np.mean(predicted == expected))
         if targets is not None:
             accuracy = {"fp32": float(np.mean(expected == targets)), "int8": float(np.mean(predicted == targets))}
     failures = failures_of(median, top1, accuracy)
     if failures:
-        raise QuantizationError(f"INT8 accuracy gate failed on {len(inputs)} held-out images ({held_out.source}): "
+        raise QuantizationError(f"INT8 accuracy gate failed on {len(images)} held-out images ({held_out.source}): "
                                 f"{'; '.join(failures)} (measured: {measured(median, top1, accuracy)})")
     figures = AccuracyGateFigures(
         held_out=held_out, median_cosine=median, min_median_cosine=MIN_MEDIAN_COSINE,
@@ -134,7 +152,7 @@ def gate(fp32: Path, int8: Path, inputs: np.ndarray, held_out: ImageSample,
         accuracy=accuracy, max_accuracy_drop=MAX_ACCURACY_DROP if accuracy is not None else None,
     )
     log.info("INT8 gate on %d held-out images: median cosine %.4f (worst %.4f), top-1 agreement %s, accuracy %s",
-             len(inputs), median, figures.worst_cosine, top1, accuracy)
+             len(images), median, figures.worst_cosine, top1, accuracy)
     return figures
 
 
