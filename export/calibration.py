@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable, Sequence, overload
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -38,12 +40,34 @@ MIN_FOLDER_HELD_OUT = 32
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
+class Decoded(Sequence[Image.Image]):
+    """`count` images, each decoded by `decode(index)` when read and not kept: a held-out set costs
+    the gate one chunk of images, whatever its size."""
+
+    def __init__(self, count: int, decode: Callable[[int], Image.Image]):
+        self._count, self._decode = count, decode
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> Image.Image: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Image.Image]: ...
+
+    def __getitem__(self, index: int | slice) -> Image.Image | list[Image.Image]:
+        if isinstance(index, slice):
+            return [self._decode(i) for i in range(self._count)[index]]
+        return self._decode(range(self._count)[index])
+
+
 @dataclass(frozen=True)
 class Images:
     """Images with where they came from; `targets` index the run's labels where known."""
 
     sample: ImageSample
-    images: list
+    images: Sequence[Image.Image]
     targets: np.ndarray | None = None
     labels: tuple[str, ...] = ()
 
@@ -63,15 +87,21 @@ def photo_crops(names: tuple[str, ...], count: int, seed: int) -> Images:
     """`count` seeded random crops (side MIN_CROP..1 of the photo's) and mirror flips, round-robin over `names`."""
     rng = np.random.default_rng(seed)
     photos = [stock_photo(name) for name in names]
-    crops = []
+    boxes, mirrored = [], []
     for index in range(count):
         photo = photos[index % len(photos)]
         scale = rng.uniform(MIN_CROP, 1.0)
         width, height = round(photo.width * scale), round(photo.height * scale)
         left, top = int(rng.integers(0, photo.width - width + 1)), int(rng.integers(0, photo.height - height + 1))
-        crop = photo.crop((left, top, left + width, top + height))
-        crops.append(ImageOps.mirror(crop) if rng.random() < 0.5 else crop)
-    return Images(ImageSample(f"scikit-image photos, random crops and flips: {', '.join(names)}", count, seed), crops)
+        boxes.append((left, top, left + width, top + height))
+        mirrored.append(rng.random() < 0.5)
+
+    def crop(index: int) -> Image.Image:
+        image = photos[index % len(photos)].crop(boxes[index])
+        return ImageOps.mirror(image) if mirrored[index] else image
+
+    return Images(ImageSample(f"scikit-image photos, random crops and flips: {', '.join(names)}", count, seed),
+                  Decoded(count, crop))
 
 
 def is_run(directory: Path) -> bool:
@@ -102,7 +132,7 @@ def run_held_out(run_dir: Path, spec: PreprocessingSpec, count: int, splits=None
     splits, name = splits or _run_splits(run_dir, spec)
     val = np.arange(min(count, len(splits.val)))
     return Images(ImageSample(f"run {run_dir.resolve().name}: evaluation split of {name}, first {len(val)}", len(val), 0),
-                  [splits.val.image(int(i), min_side=spec.resize_size) for i in val],
+                  Decoded(len(val), partial(splits.val.image, min_side=spec.resize_size)),
                   targets=splits.val.targets[val], labels=tuple(splits.val.labels))
 
 
@@ -116,7 +146,7 @@ def run_images(run_dir: Path, spec: PreprocessingSpec, *, calibration: int, held
     train = np.random.default_rng(seed).permutation(len(splits.train))[:calibration]
     return (
         Images(ImageSample(f"run {run_dir.resolve().name}: training split of {name}", len(train), seed),
-               [splits.train.image(int(i), min_side=spec.resize_size) for i in train]),
+               Decoded(len(train), lambda i: splits.train.image(int(train[i]), min_side=spec.resize_size))),
         run_held_out(run_dir, spec, held_out, (splits, name)),
     )
 
@@ -135,9 +165,9 @@ def folder_images(folder: Path, spec: PreprocessingSpec, *, calibration: int, he
     order = np.random.default_rng(seed).permutation(len(paths))
     chosen, rest = order[:calibration], order[calibration:calibration + held_out]
     calibrate = Images(ImageSample(f"folder {folder.resolve().name}: {len(chosen)} of {len(paths)} images", len(chosen), seed),
-                       [load_image(paths[i], min_side=spec.resize_size) for i in chosen])
+                       Decoded(len(chosen), lambda i: load_image(paths[chosen[i]], min_side=spec.resize_size)))
     if len(rest) < MIN_FOLDER_HELD_OUT:
         return calibrate, None
     return calibrate, Images(
         ImageSample(f"folder {folder.resolve().name}: {len(rest)} images not drawn for calibration", len(rest), seed),
-        [load_image(paths[i], min_side=spec.resize_size) for i in rest])
+        Decoded(len(rest), lambda i: load_image(paths[rest[i]], min_side=spec.resize_size)))
