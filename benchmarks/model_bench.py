@@ -98,12 +98,15 @@ def _ort_runner(model_path: Path, providers: list[tuple[str, dict]]) -> Runner:
     return lambda array: session.run(None, {input_name: array})
 
 
-def ort_engines(model_path: Path, cache_dir: Path) -> dict[str, Callable[[], Runner]]:
-    """ONNX Runtime engines available here, in the service's order of preference (best first)."""
+def ort_engines(artifact: Path, cache_dir: Path) -> dict[str, Callable[[], Runner]]:
+    """ONNX Runtime engines available here for `artifact`, in the service's order of preference (best
+    first), each named by its provider and the precision its manifest records."""
     import onnxruntime as ort
 
     from graft.artifact.runtime import gpu_present, preload_gpu_libraries
 
+    precision = read_manifest(artifact).precision
+    model_path = artifact / MODEL_FILE
     engines: dict[str, Callable[[], Runner]] = {}
     available = ["CPUExecutionProvider"]
     if gpu_present():  # the same GPU check and CUDA/TensorRT libraries as the service
@@ -111,16 +114,18 @@ def ort_engines(model_path: Path, cache_dir: Path) -> dict[str, Callable[[], Run
         available = ort.get_available_providers()
     cuda = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
     if "TensorrtExecutionProvider" in available:
-        for precision in ("fp16", "fp32"):
+        # TensorRT can also build an FP32 graph in FP16 (`trt_fp16_enable`), a second engine; an FP16 or INT8
+        # graph gets one engine, named by its own precision, with FP16 allowed where it keeps float32.
+        for trt_precision in ("fp16", "fp32") if precision == "fp32" else (precision,):
             trt = ("TensorrtExecutionProvider", {
-                "trt_fp16_enable": precision == "fp16",
+                "trt_fp16_enable": trt_precision != "fp32",
                 "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache_dir / f"trt-{precision}"),
+                "trt_engine_cache_path": str(cache_dir / f"trt-{trt_precision}"),
             })
-            engines[f"onnxruntime-tensorrt-{precision}"] = partial(_ort_runner, model_path, [trt, cuda])
+            engines[f"onnxruntime-tensorrt-{trt_precision}"] = partial(_ort_runner, model_path, [trt, cuda])
     if "CUDAExecutionProvider" in available:
-        engines["onnxruntime-cuda-fp32"] = partial(_ort_runner, model_path, [cuda])
-    engines["onnxruntime-cpu-fp32"] = partial(_ort_runner, model_path, [("CPUExecutionProvider", {})])
+        engines[f"onnxruntime-cuda-{precision}"] = partial(_ort_runner, model_path, [cuda])
+    engines[f"onnxruntime-cpu-{precision}"] = partial(_ort_runner, model_path, [("CPUExecutionProvider", {})])
     return engines
 
 
@@ -201,7 +206,7 @@ def bench_models(
     for backbone in backbones:
         artifact, weights = random_artifact(backbone, artifacts_dir)
         spec = read_manifest(artifact).image_spec
-        engines = {**torch_engines(backbone, weights), **ort_engines(artifact / MODEL_FILE, artifacts_dir)}
+        engines = {**torch_engines(backbone, weights), **ort_engines(artifact, artifacts_dir)}
         plans.append((backbone, engines, _random_batches((3, *spec.input_size), batch_sizes)))
     rows: list[dict] = []
     total = sum(len(engines) * len(inputs) for _, engines, inputs in plans)
@@ -236,7 +241,7 @@ def ceiling(
     "batch1": the batch-size-1 row (the model latency a single request cannot beat)}.
     """
     inputs = preprocessed_batches(artifact, images, sorted({1, *batch_sizes}))
-    engines = ort_engines(artifact / MODEL_FILE, cache_dir)
+    engines = ort_engines(artifact, cache_dir)
     for engine, build in engines.items():
         try:
             run = build()

@@ -227,7 +227,6 @@ def model(ctx: Context) -> None:
     import numpy as np
     from tqdm import tqdm
 
-    from graft.artifact.manifest import MODEL_FILE
     from graft.benchmarks.model_bench import EngineUnavailable, Timing, ort_engines, sweep, torch_engines
     from graft.benchmarks.report import model_table, plot_model
     from graft.models.backbones import image_backbone
@@ -246,9 +245,9 @@ def model(ctx: Context) -> None:
                 except StageFailed as missing:  # the other precision and PyTorch still run
                     skipped[key] = str(missing)
                     continue
-                for name, build in ort_engines(artifact / MODEL_FILE, ctx.work / "ort-cache").items():
+                for name, build in ort_engines(artifact, ctx.work / "ort-cache").items():
                     if precision == "fp32" or "tensorrt" not in name:  # TensorRT makes its own FP16
-                        engines[name.replace("-fp32", f"-{precision}")] = build
+                        engines[name] = build
             if any("cpu" not in name for name in engines):
                 engines = {name: build for name, build in engines.items() if "cpu" not in name}
             shape = (3, *image_backbone(backbone).preprocessing.input_size)
