@@ -14,17 +14,15 @@ Run: `graft serve --model DIR` (port 3000), then
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import time
 from pathlib import Path
 from typing import Sequence
 
-import httpx
-
 from graft.artifact.manifest import read_manifest
 from graft.artifact.text import pad
 from graft.artifact.text_runtime import TextRunner
+from graft.benchmarks.load import JsonWorkload, run_load
 from graft.benchmarks.text_heads import bbc_news, report
 from graft.service.config import ServeConfig
 
@@ -52,23 +50,12 @@ def ceiling(artifact: Path, texts: Sequence[str], *, batch: int, seconds: float)
     return done / (time.perf_counter() - started)
 
 
-async def _service(url: str, model: str, texts: Sequence[str], *, clients: int, seconds: float) -> tuple[float, int]:
-    feed = itertools.cycle(texts)
-    done, errors = 0, 0
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=clients)) as client:
-        started = time.perf_counter()
-
-        async def one_client() -> None:
-            nonlocal done, errors
-            while time.perf_counter() - started < seconds:
-                response = await client.post(url + "/embed", json={"model": model, "texts": [next(feed)]})
-                if response.status_code == 200:
-                    done += 1
-                else:
-                    errors += 1
-
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        return done / (time.perf_counter() - started), errors
+def service(url: str, model: str, texts: Sequence[str], *, clients: int, seconds: float) -> dict:
+    """`clients` closed-loop clients, one text per `/embed` request: the load driver's figures."""
+    workload = JsonWorkload(f"{url}/embed", [{"model": model, "texts": [text]} for text in texts])
+    driver_cpu = time.process_time()
+    result = run_load(workload, concurrency=clients, max_requests=10**7, max_seconds=seconds, label="text /embed")
+    return {**result.figures(), "driver_cpu_s": time.process_time() - driver_cpu}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,13 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     texts = sentences()
     model = read_manifest(args.artifact).name
     first = ceiling(args.artifact, texts, batch=args.clients, seconds=args.seconds)
-    served, errors = asyncio.run(_service(args.url.rstrip("/"), model, texts, clients=args.clients,
-                                          seconds=args.seconds))
+    served = service(args.url.rstrip("/"), model, texts, clients=args.clients, seconds=args.seconds)
     second = ceiling(args.artifact, texts, batch=args.clients, seconds=args.seconds)
     result = {
         "clients": args.clients, "seconds_per_phase": args.seconds, "words_per_text": WORDS,
-        "ceiling_texts_per_s": [round(first, 1), round(second, 1)], "service_texts_per_s": round(served, 1),
-        "service_errors": errors, "ratio": round(served / ((first + second) / 2), 3),
+        "ceiling_texts_per_s": [round(first, 1), round(second, 1)],
+        "service_texts_per_s": round(served["images_per_s"], 1), "service": served,
+        "ratio": round(served["images_per_s"] / ((first + second) / 2), 3),
     }
     report(result, args.out)
     return 0
