@@ -54,6 +54,11 @@ def _config() -> ServeConfig:
 
 CONFIG = _config()
 
+INLINE_TOKENIZE_CHARS = 1024
+"""Requests with at most this many characters of text are tokenised on the event loop: that takes
+under 0.3 ms (about 0.3 us per character here), less than the hop to the thread pool and back, which
+cost a 16-client load of one sentence per request 4-5% of its texts/s; longer ones go to the pool."""
+
 
 def preflight(config: ServeConfig) -> None:
     """Refuse to start on an artifact that cannot serve: exit non-zero with one line saying why.
@@ -283,8 +288,9 @@ class Worker:
         self, engine: Engine, texts: list[str], *, arrived: float | None = None, timeout_ms: int | None = None,
         truncate: bool = True, max_texts: int | None = None, budget_per_chunk: bool = False,
     ) -> tuple[list[dict], list[Encoded]]:
-        """Tokenise `texts` in the thread pool and run them through text model `engine`'s batcher, in
-        batch-sized chunks, within the request's latency budget (as `run_images`).
+        """Tokenise `texts` (inline up to `INLINE_TOKENIZE_CHARS`, else in the thread pool) and run them
+        through text model `engine`'s batcher, in batch-sized chunks, within the request's latency
+        budget (as `run_images`).
 
         Returns:
             One result per text, in order, and each text's tokens (`truncated`: cut to the model's limit).
@@ -306,7 +312,11 @@ class Worker:
                                  got=f"texts[{index}] of {len(text)}")
         started = time.perf_counter()
         try:
-            encoded = await asyncio.get_running_loop().run_in_executor(self.decoder, engine.text.tokenizer.encode, texts)
+            if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
+                encoded = engine.text.tokenizer.encode(texts)
+            else:
+                encoded = await asyncio.get_running_loop().run_in_executor(
+                    self.decoder, engine.text.tokenizer.encode, texts)
         except TextError as error:
             raise BadRequest(f"texts: {error}", expected=error.expected, got=error.got) from None
         metrics().observe_stage("tokenize", engine.name, time.perf_counter() - started)
