@@ -17,13 +17,14 @@ import io
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from graft.artifact.postprocess import l2_normalize
 from graft.artifact.text import truncated_indices
 from graft.service.endpoint import service, watched
 from graft.service.engine import Target
 from graft.service.errors import BadRequest
+from graft.service.responses import JSONResponse
 from graft.service.texts import EmbedTexts
 
 JSON_ENCODINGS = ("json", "base64")
@@ -96,7 +97,7 @@ def embeddings_body(
     if truncated is not None:
         summary["truncated"] = truncated
     if encoding == "json":
-        return {**summary, "embeddings": vectors.tolist()}
+        return {**summary, "embeddings": vectors}
     return {**summary, "encoding": "base64", "dtype": dtype, "embeddings": base64_rows(vectors, dtype)}
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from starlette.responses import JSONResponse
-
 from graft.artifact.errors import GraftError
+from graft.service.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 

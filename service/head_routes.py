@@ -11,7 +11,7 @@ import asyncio
 from typing import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from graft import __version__
 from graft.artifact.head_fit import HeadFitError, fit_head
@@ -21,6 +21,7 @@ from graft.service.endpoint import Endpoint, service, watched
 from graft.service.engine import Engine
 from graft.service.errors import BadRequest, NotFound
 from graft.service.forms import Field, boolean, read_form, text
+from graft.service.responses import JSONResponse
 
 FIT_FIELDS = {
     "name": Field(text, "", f"the head's name: {NAME_PATTERN}, not a served model's name"),

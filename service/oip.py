@@ -40,6 +40,7 @@ import numpy as np
 from graft.artifact.manifest import Manifest
 from graft.artifact.postprocess import top_k
 from graft.service.errors import BadRequest, NotFound
+from graft.service.responses import dumps
 
 IMAGES_INPUT = "images"
 TEXTS_INPUT = "texts"
@@ -404,13 +405,13 @@ def encode_infer_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = flat if flat is not None else values.ravel().tolist()
+            entry["data"] = flat if flat is not None else values.ravel()
         entries.append(entry)
     document: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if request_id is not None:
         document["id"] = request_id
     document["outputs"] = entries
-    header = json.dumps(document, separators=(",", ":")).encode()
+    header = dumps(document)
     if not chunks:
         return header, {"Content-Type": "application/json"}
     return header + b"".join(chunks), {

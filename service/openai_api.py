@@ -29,12 +29,13 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from graft.service.embeddings import base64_rows, embed_images, vectors_of
 from graft.service.endpoint import Endpoint, service, watched
 from graft.service.engine import Engine, Target
 from graft.service.errors import BadRequest, NotFound
+from graft.service.responses import JSONResponse
 
 PREFIX = "/v1"
 IMAGE = "an image as a data:image/...;base64 URI or bare base64 (graft embeds images, not text)"
@@ -176,7 +177,7 @@ async def create_embeddings(request: Request) -> Response:
     else:
         images = [image_bytes(index, item) for index, item in enumerate(body.input)]
         vectors = await embed_images(request, target, images, normalize=True, arrived=arrived, field="input")
-    rows = base64_rows(vectors, "float32") if body.encoding_format == "base64" else vectors.tolist()
+    rows = base64_rows(vectors, "float32") if body.encoding_format == "base64" else list(vectors)
     return JSONResponse({
         "object": "list",
         "data": [{"object": "embedding", "index": index, "embedding": row} for index, row in enumerate(rows)],

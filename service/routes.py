@@ -15,7 +15,7 @@ from typing import Awaitable, Callable, Iterable
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Match, Route
 
 from graft.artifact.postprocess import top_k
@@ -25,6 +25,7 @@ from graft.service.endpoint import ClientGone, Endpoint, Handler, service, watch
 from graft.service.engine import Engine, Target
 from graft.service.errors import BadRequest, MethodNotAllowed, NotFound, ServiceError
 from graft.service.forms import Field, boolean, choice, positive_int, read_form, text
+from graft.service.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,14 @@ from typing import Awaitable
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from graft import __version__
 from graft.service import oip, schemas
 from graft.service.endpoint import Endpoint, service, watched
 from graft.service.engine import Target
 from graft.service.metrics import metrics
+from graft.service.responses import JSONResponse
 
 
 def _signature(target: Target) -> oip.ModelSignature:
