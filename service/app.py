@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import signal
 import threading
@@ -134,8 +135,15 @@ class Worker:
         started = time.perf_counter()
         for engine in self.engines.values():
             engine.warmup()
+        # Everything loaded so far (modules, sessions, BentoML's app) lives as long as the worker:
+        # moved out of the collector's sight, a full collection under load takes under 10 ms instead
+        # of 80-100 ms, a pause every request in flight (and every 429) waited out. Garbage first, so
+        # none of it is frozen for good.
+        gc.collect()
+        gc.freeze()
         self._ready.set()
-        log.info("ready: %d model(s) warmed in %.2fs", len(self.engines), time.perf_counter() - started)
+        log.info("ready: %d model(s) warmed in %.2fs (%d objects frozen out of garbage collection)",
+                 len(self.engines), time.perf_counter() - started, gc.get_freeze_count())
 
     def _follow_heads(self) -> None:
         """Serve the heads other workers and replicas fit, replace or delete (`HeadStore.sync`)."""
