@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable
 
 import bentoml
+import numpy as np
 import pydantic
 from starlette.requests import Request
 
@@ -83,8 +84,12 @@ async def embed(ctx: bentoml.Context, images: list[Path], *, arrived: float, **o
     """`POST /embed`'s JSON answer for the files BentoML saved as `images`."""
     async def work() -> dict:
         name, vectors = await embeddings.embed_request(ctx.request, _contents(images), arrived=arrived, **options)
-        return embeddings.embeddings_body(name, vectors, normalized=options["normalize"],
+        body = embeddings.embeddings_body(name, vectors, normalized=options["normalize"],
                                           encoding=options["encoding"], dtype=options["dtype"])
+        # BentoML encodes this answer itself, and its encoder takes lists, not numpy arrays.
+        if isinstance(body["embeddings"], np.ndarray):
+            body["embeddings"] = body["embeddings"].tolist()
+        return body
 
     return await _answer(ctx, work())
 
