@@ -91,8 +91,9 @@ def check_encoding(encoding: str, dtype: str) -> None:
 def embeddings_body(
     model: str, vectors: np.ndarray, *, normalized: bool, encoding: str, dtype: str, truncated: list[int] | None = None,
 ) -> dict:
-    """`/embed`'s JSON answer: `vectors` [N, D] as numbers, or as base64 of `dtype` (`JSON_ENCODINGS`);
-    for texts, `truncated` lists those cut to the model's token limit."""
+    """`/embed`'s JSON answer: `vectors` [N, D] as numbers (the array itself, which graft's
+    `JSONResponse` writes), or as base64 of `dtype` (`JSON_ENCODINGS`); for texts, `truncated` lists
+    those cut to the model's token limit."""
     summary: dict = {"model": model, "dim": int(vectors.shape[1]), "normalized": normalized}
     if truncated is not None:
         summary["truncated"] = truncated
