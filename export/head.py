@@ -160,15 +160,24 @@ def check_int8(head: Head, model: Backbone, artifact: Path, manifest, held_out: 
     """
     from graft.artifact.preprocessing import preprocess_batch
 
-    inputs = preprocess_batch(held_out.images, manifest.preprocessing)
-    reference = parity.torch_outputs(model, inputs, ("logits", "embedding"))
-    embedding = parity.onnx_outputs(artifact / MODEL_FILE, inputs)["embedding"]
-    logits = head.apply(embedding)
-    with torch.inference_mode():
-        staged = model.head(torch.from_numpy(embedding)).numpy()
-    scaled = float(np.max(parity.scaled_diff(logits, staged)))
-    median = float(np.median(quantize.cosines(embedding, reference["embedding"])))
-    expected = reference["logits"].argmax(1)
+    session = parity.onnx_session(artifact / MODEL_FILE)
+    # In chunks, as `quantize.gate`: only per-image figures and the (small) logits outlive a chunk.
+    logits_chunks, reference_chunks, cosine_chunks, scaled_chunks = [], [], [], []
+    for start in range(0, len(held_out.images), quantize.CHUNK):
+        inputs = preprocess_batch(held_out.images[start : start + quantize.CHUNK], manifest.preprocessing)
+        reference = parity.torch_outputs(model, inputs, ("logits", "embedding"))
+        embedding = parity.onnx_outputs(session, inputs)["embedding"]
+        logits_chunks.append(head.apply(embedding))
+        with torch.inference_mode():
+            staged = model.head(torch.from_numpy(embedding)).numpy()
+        scaled_chunks.append(parity.scaled_diff(logits_chunks[-1], staged))
+        cosine_chunks.append(quantize.cosines(embedding, reference["embedding"]))
+        reference_chunks.append(reference["logits"])
+    logits, reference_logits = np.concatenate(logits_chunks), np.concatenate(reference_chunks)
+    count = len(logits)
+    scaled = float(np.max(np.concatenate(scaled_chunks)))
+    median = float(np.median(np.concatenate(cosine_chunks)))
+    expected = reference_logits.argmax(1)
     top1 = float(np.mean(logits.argmax(1) == expected))
     accuracy = {"fp32": float(np.mean(expected == held_out.targets)),
                 "int8": float(np.mean(logits.argmax(1) == held_out.targets))}
@@ -176,14 +185,14 @@ def check_int8(head: Head, model: Backbone, artifact: Path, manifest, held_out: 
     if scaled > parity.FP32.tolerance:
         failures.append(f"head logits {scaled:.3g} of their scale from PyTorch's head > {parity.FP32.tolerance:g}")
     if failures:
-        raise QuantizationError(f"INT8 head gate failed on {len(inputs)} images ({held_out.sample.source}, head on "
+        raise QuantizationError(f"INT8 head gate failed on {count} images ({held_out.sample.source}, head on "
                                 f"{manifest.name} vs the run's PyTorch model): {'; '.join(failures)} "
                                 f"(measured: {quantize.measured(median, top1, accuracy)})")
     log.info("INT8 head gate on %d images: median cosine %.4f, top-1 agreement %.4f, accuracy %s",
-             len(inputs), median, top1, accuracy)
+             count, median, top1, accuracy)
     return ParityFigures(
-        images=len(inputs), batch_size=min(parity.BATCH_SIZE, len(inputs)),
-        max_abs_diff={"logits": float(np.max(np.abs(logits - reference["logits"])))},
+        images=count, batch_size=min(parity.BATCH_SIZE, count),
+        max_abs_diff={"logits": float(np.max(np.abs(logits - reference_logits)))},
         max_scaled_diff={"logits": scaled}, top1_agreement=top1, tolerance=parity.FP32.tolerance,
         min_top1_agreement=quantize.MIN_TOP1_AGREEMENT, sources=(held_out.sample.source,),
         provider=parity.PROVIDER, accuracy=accuracy, median_cosine=median,
