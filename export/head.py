@@ -158,13 +158,10 @@ def check_int8(head: Head, model: Backbone, artifact: Path, manifest, held_out: 
     Raises:
         QuantizationError: a figure past its threshold.
     """
-    from graft.artifact.preprocessing import preprocess_batch
-
     session = parity.onnx_session(artifact / MODEL_FILE)
     # In chunks, as `quantize.gate`: only per-image figures and the (small) logits outlive a chunk.
     logits_chunks, reference_chunks, cosine_chunks, scaled_chunks = [], [], [], []
-    for start in range(0, len(held_out.images), quantize.CHUNK):
-        inputs = preprocess_batch(held_out.images[start : start + quantize.CHUNK], manifest.preprocessing)
+    for inputs in quantize.preprocessed(held_out.images, manifest.preprocessing, quantize.CHUNK):
         reference = parity.torch_outputs(model, inputs, ("logits", "embedding"))
         embedding = parity.onnx_outputs(session, inputs)["embedding"]
         logits_chunks.append(head.apply(embedding))

@@ -55,12 +55,17 @@ class Settings:
     activations: Literal["uint8", "int8"] = "uint8"
 
 
+def preprocessed(images: Sequence[Image.Image], spec: PreprocessingSpec, size: int) -> Iterator[np.ndarray]:
+    """`images` preprocessed `size` at a time, each chunk only when asked for (the last may be smaller)."""
+    for start in range(0, len(images), size):
+        yield preprocess_batch(images[start : start + size], spec)
+
+
 class _Batches(CalibrationDataReader):
     """Calibration batches, each preprocessed when the quantizer asks for it (it reads them once)."""
 
     def __init__(self, input_name: str, images: Sequence[Image.Image], spec: PreprocessingSpec):
-        self._batches = (preprocess_batch(images[s : s + parity.BATCH_SIZE], spec)
-                         for s in range(0, len(images), parity.BATCH_SIZE))
+        self._batches = preprocessed(images, spec, parity.BATCH_SIZE)
         self._input_name = input_name
 
     def get_next(self) -> dict | None:
@@ -126,8 +131,7 @@ def gate(fp32: Path, int8: Path, images: Sequence[Image.Image], spec: Preprocess
     reference_session, actual_session = parity.onnx_session(fp32), parity.onnx_session(int8)
     # Only per-image figures outlive a chunk: its inputs and outputs go before the next is preprocessed.
     cosine_chunks, expected_chunks, predicted_chunks = [], [], []
-    for start in range(0, len(images), chunk):
-        inputs = preprocess_batch(images[start : start + chunk], spec)
+    for inputs in preprocessed(images, spec, chunk):
         reference, actual = parity.onnx_outputs(reference_session, inputs), parity.onnx_outputs(actual_session, inputs)
         cosine_chunks.append(cosines(actual["embedding"], reference["embedding"]))
         if "logits" in reference:
