@@ -247,12 +247,13 @@ async def _drive(
     deadline = start + max_seconds
     with tqdm(total=max_requests, desc=label, unit="req", leave=False) as progress:
 
-        async def client_loop(connection: _Connection) -> None:
+        async def client_loop(slot: int) -> None:
             nonlocal issued, last_answer
             while issued < max_requests and time.perf_counter() < deadline:
                 index = issued
                 issued += 1
-                latency, error, retry_after, connection = await send(connection, index)
+                # A reconnected client keeps its new connection, so the close below reaches it.
+                latency, error, retry_after, connections[slot] = await send(connections[slot], index)
                 last_answer = time.perf_counter()
                 if error is None:
                     result.latencies.append(latency)
@@ -265,7 +266,7 @@ async def _drive(
 
         # No request starts after the deadline; those in flight get as long again to finish (so the
         # server is idle when the next cell starts), then are cancelled as unfinished.
-        tasks = [asyncio.create_task(client_loop(connection)) for connection in connections]
+        tasks = [asyncio.create_task(client_loop(slot)) for slot in range(concurrency)]
         _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline + max_seconds - time.perf_counter()))
         for task in pending:
             task.cancel()
