@@ -318,7 +318,8 @@ def register_memory(what: argparse._SubParsersAction) -> None:
     memory = what.add_parser(
         "memory", help="RSS/USS/PSS of every process of graft serve, idle and under load",
         description="Start `graft serve --model MODEL` (or sample a running server: --url and --pid), sample "
-        "its whole process tree idle, then under closed-loop /classify clients; report per process.",
+        "its whole process tree idle, then under closed-loop clients on the default model's route (/classify for a "
+        "classifier, /embed for an embedder); report per process.",
     )
     memory.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="artifact served (default: %(default)s)")
     memory.add_argument("--url", help="a running graft service (loopback only); needs --pid")

@@ -3,9 +3,10 @@
 A `graft serve` (or a running server, given its URL and its main process id) is sampled every
 `interval` seconds with psutil: each process's RSS, and its USS and PSS (which count pages shared
 between the supervisor and its worker once, not twice). The samples span an idle spell after the
-server is ready, then closed-loop load (`graft.benchmarks.load`) on /classify; the report gives each
-process's idle, peak and last figures, the tree's total, and how the total moved over the load's
-last half (a steady server does not grow).
+server is ready, then closed-loop load (`graft.benchmarks.load`) on the route its default model
+answers (/classify for a classifier, /embed for an embedder such as the INT8 default model); the
+report gives each process's idle, peak and last figures, the tree's total, and how the total moved
+over the load's last half (a steady server does not grow).
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
+from urllib.parse import urlsplit
 
+import httpx
 import psutil
 
+from graft.artifact.errors import GraftError
 from graft.benchmarks.images import make_jpegs
 from graft.benchmarks.load import Workload, require_loopback, run_load
 
@@ -121,15 +126,33 @@ def summarise(samples: list[dict]) -> dict:
     }
 
 
+def served_workload(url: str, files: Sequence[Path]) -> Workload:
+    """Closed-loop requests for the default model of the server at `url` (from its `GET /models`):
+    /classify with the top 5 for a classifier, /embed for an embedder.
+
+    Raises:
+        GraftError: the default model takes no images (a text model).
+    """
+    listing = httpx.get(f"{url}/models", timeout=30).raise_for_status().json()
+    model = next(m for m in listing["models"] if m["name"] == listing["default"])
+    if model["modality"] != "image":
+        raise GraftError(f"expected the server's default model to be an image model, got the "
+                         f"{model['modality']} model {model['name']!r}")
+    if model["task"] == "classifier":
+        return Workload(url=f"{url}/classify", files=files, form={"top_k": "5"})
+    return Workload(url=f"{url}/embed", files=files)
+
+
 def bench_memory(
     url: str, pid: int, out: Path, *, clients: int, seconds: float, idle_seconds: float = 5.0,
     interval: float = 1.0, size: str = "224",
 ) -> dict:
     """Sample server `pid`'s tree idle for `idle_seconds`, then under `clients` closed-loop clients
-    on `url`/classify for `seconds`; the figures, the load's throughput and every sample."""
+    on its default model's route (`served_workload`) for `seconds`; the figures, the load's
+    throughput and every sample."""
     require_loopback(url)
     files = make_jpegs(out / "images", (size,))[size]
-    workload = Workload(url=f"{url}/classify", files=files, form={"top_k": "5"})
+    workload = served_workload(url, files)
     server = psutil.Process(pid)
     cpu: list[float] = []
     with Sampler(server, interval) as sampler:
@@ -146,7 +169,8 @@ def bench_memory(
     figures = result.figures()
     images = len(result.latencies) * workload.images_per_request
     return {
-        "kind": "memory", "url": url, "clients": clients, "seconds": seconds, "size": size,
+        "kind": "memory", "url": url, "route": urlsplit(workload.url).path, "clients": clients, "seconds": seconds,
+        "size": size,
         "images_per_s": figures["images_per_s"], "latency_ms": figures["latency_ms"], "errors": figures["errors"],
         # The server's CPU per answered image: a throughput figure that other work on a shared
         # machine disturbs less than images/s.
@@ -161,7 +185,7 @@ def markdown(result: dict) -> str:
         return "–" if value is None else f"{value:.0f}"
 
     lines = [
-        f"Memory of the server's process tree, idle then {result['clients']} clients on /classify "
+        f"Memory of the server's process tree, idle then {result['clients']} clients on {result['route']} "
         f"({result['size']}-px JPEGs) for {result['seconds']:.0f} s: {result['images_per_s']:.1f} images/s, "
         f"p50 {result['latency_ms'].get('p50', float('nan')):.1f} ms, errors {result['errors'] or 0}; "
         f"server CPU {result['server_cpu_ms_per_image'] or float('nan'):.2f} ms per image.",

@@ -64,3 +64,16 @@ def test_a_head_fitted_on_the_int8_backbone_is_bound_to_it_and_classifies(
     assert accuracy(classify(int8_server, "fmnist-int8", held_out), held_out) > 0.6
     listed = httpx.get(int8_server.url + "/heads", headers=admin(int8_server), timeout=10).json()["heads"]
     assert "fmnist-int8" in [head["name"] for head in listed]
+
+
+def test_memory_benchmark_loads_the_int8_embedder_on_embed(int8_server, tmp_path):
+    # The INT8 default model is an embedder: its memory under load is measured on /embed (it has no
+    # /classify), and every request of the load is answered.
+    from graft.benchmarks.memory_bench import bench_memory
+
+    result = bench_memory(int8_server.url, int8_server.process.pid, tmp_path, clients=2, seconds=1.5,
+                          idle_seconds=0.5, interval=0.25)
+    assert result["route"] == "/embed"
+    assert not result["errors"] and result["images_per_s"] > 0
+    assert any(name.startswith("worker") for name in result["processes"])
+    assert result["idle_total_rss"] > 0 and result["peak_total_rss"] > 0
