@@ -23,7 +23,8 @@ from PIL import Image
 
 from graft.artifact.manifest import Manifest, read_manifest
 from graft.artifact.preprocessing import preprocess
-from graft.models.backbones import Backbone, get_backbone
+from graft.models.backbones import get_backbone
+from graft.models.modules import Backbone
 
 logger = logging.getLogger(__name__)
 

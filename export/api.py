@@ -33,8 +33,9 @@ from graft.artifact.outputs import atomic_directory, check_output_dir
 from graft.artifact.preprocessing import PreprocessingSpec, preprocess_batch
 from graft.export import calibration, graph, parity, quantize
 from graft.export.errors import ExportError, OutputExists
-from graft.models.backbones import Backbone, WeightsChoice, get_backbone, imagenet_labels
+from graft.models.backbones import WeightsChoice, get_backbone, imagenet_labels
 from graft.models.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+from graft.models.modules import Backbone
 from graft.models.text import TextBackboneEntry
 from graft.models.weights import describe_weights
 

@@ -70,6 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from graft.models.backbones import get_backbone
+
+    if args.backbone:
+        get_backbone(args.backbone)  # a mistyped name is refused before PyTorch loads (seconds)
     from graft.export.api import Int8Options, export_backbone, export_run
     from graft.export.errors import ExportError
     from graft.export.quantize import Settings

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from graft.artifact.manifest import IOSpec, TensorSpec
-from graft.models.backbones import Backbone
+from graft.models.modules import Backbone
 from graft.models.onnx_graph import INPUT_NAME, OPSET, to_onnx
 
 __all__ = ["OPSET", "convert_fp16", "export_onnx", "io_spec"]

@@ -34,8 +34,8 @@ from graft.artifact.manifest import MODEL_FILE, ParityFigures, read_manifest, sh
 from graft.export import parity, quantize
 from graft.export.calibration import Images, run_held_out
 from graft.export.errors import ExportError, OutputExists, ParityError, QuantizationError
-from graft.models.backbones import Backbone
 from graft.models.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from graft.models.modules import Backbone
 from graft.models.weights import describe_weights
 
 log = logging.getLogger(__name__)

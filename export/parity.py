@@ -22,7 +22,7 @@ from torch import nn
 from graft.artifact.manifest import ParityFigures
 from graft.artifact.runtime import open_session
 from graft.export.errors import ParityError
-from graft.models.backbones import Backbone
+from graft.models.modules import Backbone
 
 log = logging.getLogger(__name__)
 

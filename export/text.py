@@ -32,8 +32,8 @@ from graft.artifact.outputs import atomic_directory
 from graft.artifact.runtime import open_session
 from graft.artifact.text import TOKENIZER_FILE, TextSpec, TextTokenizer, pad
 from graft.export import parity
-from graft.models.backbones import Backbone
 from graft.models.checkpoint import Checkpoint, CheckpointError
+from graft.models.modules import Backbone
 from graft.models.text import TextBackboneEntry
 from graft.models.weights import describe_weights
 

@@ -1,8 +1,12 @@
 """The backbone registry: pretrained image models under the names users know, behind one interface.
 
-Every entry builds a `Backbone`: a trunk that returns the pooled embedding, a replaceable linear head,
-the preprocessing its weights were trained with, and an ordered list of blocks for partial unfreezing.
-timm entries use `reset_classifier(0)`; torchvision entries swap the head module for `Identity`.
+Every entry builds a `Backbone` (`graft.models.modules`): a trunk that returns the pooled embedding, a
+replaceable linear head, the preprocessing its weights were trained with, and an ordered list of
+blocks for partial unfreezing. timm entries use `reset_classifier(0)`; torchvision entries swap the
+head module for `Identity`.
+
+NOTE: importing the registry imports no PyTorch, timm or torchvision (seconds of start-up): entries
+import them when they build or describe a model, so a mistyped name is refused at once.
 """
 
 from __future__ import annotations
@@ -11,12 +15,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Literal
-
-import timm
-import torch
-import torchvision
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from graft.artifact.errors import GraftError
 from graft.artifact.preprocessing import PreprocessingSpec
@@ -29,6 +28,12 @@ from graft.models.weights import (
     package_weights_path,
 )
 
+if TYPE_CHECKING:
+    import timm
+    from torch import nn
+
+    from graft.models.modules import Backbone
+
 WeightsChoice = Literal["pretrained", "none"] | str | os.PathLike
 """'pretrained' (the entry's default source), 'none' (random init) or a path to a state dict."""
 
@@ -38,46 +43,6 @@ class UnknownBackbone(GraftError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
-
-
-class Backbone(nn.Module):
-    """A pretrained trunk producing a pooled embedding, plus a linear head.
-
-    `forward` returns `(logits, embedding)` from one pass, which is what export puts in the ONNX graph.
-    """
-
-    def __init__(self, name: str, trunk: nn.Module, head: nn.Linear, blocks: list[nn.Module]):
-        super().__init__()
-        self.name = name
-        self.trunk = trunk
-        self.head = head
-        self.blocks = blocks  # plain list: already registered under `trunk`
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.head.in_features
-
-    @property
-    def num_classes(self) -> int:
-        return self.head.out_features
-
-    def embed(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """The pooled embedding of an image batch, or of token ids and their attention mask."""
-        return self.trunk(*inputs)
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.trunk(*inputs)
-        return self.head(embedding), embedding
-
-    def reset_head(self, num_classes: int) -> None:
-        """Replace the head with a freshly initialised linear layer of `num_classes` outputs."""
-        self.head = nn.Linear(self.embedding_dim, num_classes)
-
-    def __setattr__(self, name, value):
-        if name == "blocks":  # keep the list out of nn.Module's registration (modules live in trunk)
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
 
 @dataclass(frozen=True)
@@ -104,16 +69,24 @@ class BackboneEntry:
     # ---- construction -------------------------------------------------------------------------
     def _build_model(self) -> nn.Module:
         if self.source == "timm":
+            import timm
+
             return timm.create_model(self.name, pretrained=False)
+        import torchvision
+
         return torchvision.models.get_model(self.name, weights=None)
 
     def _timm_cfg(self) -> timm.models.PretrainedCfg:
+        import timm
+
         cfg = timm.get_pretrained_cfg(self.name)
         if cfg is None:
             raise GraftError(f"expected timm to know {self.name!r}, got no pretrained config for it")
         return cfg
 
     def _torchvision_weights(self):
+        import torchvision
+
         return torchvision.models.get_model_weights(self.name).DEFAULT
 
     @cached_property
@@ -142,6 +115,8 @@ class BackboneEntry:
     @cached_property
     def shape_info(self) -> tuple[int, int]:
         """(embedding_dim, parameter count), measured on the meta device so nothing is allocated."""
+        import torch
+
         with torch.device("meta"):
             backbone = self._split(self._build_model())
         return backbone.embedding_dim, sum(p.numel() for p in backbone.parameters())
@@ -156,6 +131,8 @@ class BackboneEntry:
 
     # ---- weights ------------------------------------------------------------------------------
     def _hub_cache_file(self) -> Path | None:
+        import torch
+
         if self.source == "timm":
             url = self._timm_cfg().url
         else:
@@ -172,6 +149,8 @@ class BackboneEntry:
         return cached if cached is not None and cached.is_file() else None
 
     def _pretrained_state(self, model: nn.Module) -> tuple[dict, str]:
+        import torch
+
         if self.offline is not None and (path := self.offline()) is not None:
             state = torch.load(path, map_location="cpu", weights_only=True)
             return (self.convert(state, model) if self.convert else state), str(path)
@@ -208,6 +187,10 @@ class BackboneEntry:
         return self._split(model), source
 
     def _split(self, model: nn.Module) -> Backbone:
+        from torch import nn
+
+        from graft.models.modules import Backbone
+
         if self.source == "timm":
             timm_model: Any = model  # timm's models add get_classifier and reset_classifier
             head = timm_model.get_classifier()
@@ -290,4 +273,6 @@ def image_backbone(name: str) -> BackboneEntry:
 
 def imagenet_labels() -> list[str]:
     """The 1000 ImageNet-1k class names in output order, as timm ships them."""
+    import timm
+
     return list(timm.data.ImageNetInfo().label_descriptions())

@@ -18,7 +18,8 @@ import torch
 from graft.artifact.errors import GraftError
 from graft.artifact.preprocessing import PreprocessingSpec
 from graft.artifact.text import TextSpec
-from graft.models.backbones import Backbone, get_backbone
+from graft.models.backbones import get_backbone
+from graft.models.modules import Backbone
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

@@ -91,6 +91,9 @@ def backbones_command(args: argparse.Namespace) -> int:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from graft.models.backbones import get_backbone
+
+    get_backbone(args.backbone)  # a mistyped name is refused before PyTorch loads (seconds)
     from graft.models.train import TrainConfig, run_training
 
     # Options left unset keep TrainConfig's defaults, which live in one place.

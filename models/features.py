@@ -32,8 +32,8 @@ from torchvision.transforms import InterpolationMode, RandomHorizontalFlip, Rand
 from tqdm import tqdm
 
 from graft.artifact.preprocessing import PreprocessingSpec, preprocess, to_array
-from graft.models.backbones import Backbone
 from graft.models.data import ImageSet
+from graft.models.modules import Backbone
 from graft.models.onnx_graph import BackboneOutputs, OnnxRuntimeModel, to_onnx
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from graft.artifact.runtime import open_session
-from graft.models.backbones import Backbone
+from graft.models.modules import Backbone
 
 log = logging.getLogger(__name__)
 

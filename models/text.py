@@ -15,27 +15,13 @@ import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from graft.artifact.text import TextSpec
 from graft.models.weights import WeightsUnavailable, load_strict, load_weights_file
 
-
-class SentenceEncoder(nn.Module):
-    """BERT -> mean of the token states under the attention mask -> L2 normalisation."""
-
-    def __init__(self, bert: nn.Module):
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        states = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        weights = attention_mask.unsqueeze(-1).to(states.dtype)
-        # clamp: sentence-transformers' guard for an all-padding row
-        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        return nn.functional.normalize(pooled, p=2, dim=1)
+if TYPE_CHECKING:  # imported where used, as in `graft.models.backbones`
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -93,6 +79,8 @@ class TextBackboneEntry:
     @cached_property
     def num_params(self) -> int:
         """Counted on the meta device, so nothing is allocated."""
+        import torch
+
         with torch.device("meta"):
             return sum(p.numel() for p in self._build_model().parameters())
 
@@ -103,8 +91,9 @@ class TextBackboneEntry:
     def create(self, weights="pretrained"):
         """The encoder as a `Backbone` with an empty head (no pretrained classes); its source."""
         from safetensors.torch import load as load_safetensors
+        from torch import nn
 
-        from graft.models.backbones import Backbone
+        from graft.models.modules import Backbone, SentenceEncoder
 
         bert = self._build_model()
         if str(weights) == "none":

@@ -27,9 +27,9 @@ import torch
 from tqdm import tqdm
 
 from graft.artifact.text import TOKENIZER_FILE, TextSpec, TextTokenizer, pad, truncated_indices
-from graft.models.backbones import Backbone
 from graft.models.data import VAL_FRACTION, DataError, Splits, split_per_class, stratified_sample
 from graft.models.features import loader
+from graft.models.modules import Backbone
 from graft.models.text import TextBackboneEntry
 
 log = logging.getLogger(__name__)

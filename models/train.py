@@ -53,11 +53,12 @@ from graft.artifact.head_fit import fit_softmax
 from graft.artifact.outputs import atomic_directory, check_output_dir
 from graft.artifact.preprocessing import PreprocessingSpec
 from graft.artifact.text import TOKENIZER_FILE
-from graft.models.backbones import Backbone, BackboneEntry, get_backbone
+from graft.models.backbones import BackboneEntry, get_backbone
 from graft.models.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
 from graft.models.data import ImageSet, Splits, load_splits
 from graft.models.evaluate import classification_report
 from graft.models.features import EvalInputs, Inference, TrainInputs, cached_embeddings, loader, to_device
+from graft.models.modules import Backbone
 from graft.models.plots import plot_confusion, plot_curves
 from graft.models.text import TextBackboneEntry
 from graft.models.text_data import TextInputs

@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from graft.artifact.errors import GraftError
+
+if TYPE_CHECKING:  # imported where used: the registry (`graft.models.backbones`) loads without PyTorch
+    import torch
+    from torch import nn
 
 
 class WeightsUnavailable(GraftError):
@@ -87,6 +89,8 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a state dict

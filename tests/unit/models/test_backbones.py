@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +92,21 @@ def test_lite0_top5_on_real_photos(photos):
     assert "espresso" in top5[1], top5[1]
     probabilities = logits.softmax(1).numpy()
     assert np.all(probabilities.max(1) > 0.2)  # confident, not a near-uniform random head
+
+
+def test_the_registry_names_and_refuses_backbones_without_importing_pytorch():
+    # `graft train/export --backbone TYPO` is refused before seconds of PyTorch, timm and torchvision.
+    code = ("import sys\nfrom graft.models.backbones import UnknownBackbone, get_backbone, list_backbones\n"
+            "assert 'tf_efficientnet_lite0' in [e.name for e in list_backbones()]\n"
+            "try:\n    get_backbone('nope')\nexcept UnknownBackbone:\n    pass\n"
+            "sys.exit(sorted({'torch', 'timm', 'torchvision'} & set(sys.modules)) or 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_refuses_an_unknown_backbone_in_one_line(capsys):
+    from graft.cli import main
+
+    assert main(["train", "--backbone", "nope", "--data", "fashion-mnist", "--strategy", "feature-extract",
+                 "--out", "unused"]) != 0
+    assert "unknown backbone 'nope'; expected one of:" in capsys.readouterr().err
