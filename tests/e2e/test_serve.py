@@ -216,6 +216,14 @@ def server_processes(root: int) -> list[int]:
     return tree
 
 
+def test_memory_benchmark_loads_the_default_classifier_on_classify(server, photo_jpegs):
+    # The default model here is the classifier (the INT8 embedder's /embed: tests/e2e/test_int8.py).
+    from graft.benchmarks.memory_bench import served_workload
+
+    workload = served_workload(server.url, list(photo_jpegs.values()))
+    assert workload.url == server.url + "/classify" and workload.form == {"top_k": "5"}
+
+
 def test_no_server_process_has_torch_loaded(server):
     processes = server_processes(server.process.pid)
     assert len(processes) >= 2, "expected the arbiter and a worker"
