@@ -98,7 +98,7 @@ def test_the_registry_names_and_refuses_backbones_without_importing_pytorch():
     # `graft train/export --backbone TYPO` is refused before seconds of PyTorch, timm and torchvision.
     code = ("import sys\nfrom graft.models.backbones import UnknownBackbone, get_backbone, list_backbones\n"
             "assert 'tf_efficientnet_lite0' in [e.name for e in list_backbones()]\n"
-            "try:\n    get_backbone('nope')\nexcept UnknownBackbone:\n    pass\n"
+            "try:\n    get_backbone('nope')\n    sys.exit('nope was not refused')\nexcept UnknownBackbone:\n    pass\n"
             "sys.exit(sorted({'torch', 'timm', 'torchvision'} & set(sys.modules)) or 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
