@@ -131,9 +131,13 @@ def served_workload(url: str, files: Sequence[Path]) -> Workload:
     /classify with the top 5 for a classifier, /embed for an embedder.
 
     Raises:
-        GraftError: the default model takes no images (a text model).
+        GraftError: `GET /models` did not answer 200 (an API key needed), or the default model takes
+            no images (a text model).
     """
-    listing = httpx.get(f"{url}/models", timeout=30).raise_for_status().json()
+    response = httpx.get(f"{url}/models", timeout=30)
+    if response.status_code != 200:
+        raise GraftError(f"expected GET {url}/models to answer 200, got {response.status_code}: {response.text[:200]}")
+    listing = response.json()
     model = next(m for m in listing["models"] if m["name"] == listing["default"])
     if model["modality"] != "image":
         raise GraftError(f"expected the server's default model to be an image model, got the "
