@@ -149,7 +149,7 @@ def check_int8(head: Head, model: Backbone, artifact: Path, manifest, held_out: 
     The INT8 embedding cannot match PyTorch's to float32 precision, so the gate is on the head's
     decisions on the run's labels, with `quantize`'s rule for labelled images: the accuracy drop
     decides; top-1 agreement with the run's PyTorch model and the embedding's cosine to PyTorch's
-    are recorded, not gated (`quantize.failures_of` says why; the backbone artifact's own gate held
+    are recorded, not gated (`quantize.thresholds` says why; the backbone artifact's own gate held
     its cosine to the threshold on its held-out photos). The head itself is still checked stage by
     stage (`head.apply` vs PyTorch's head on the same INT8 embedding) to the FP32 tolerance. Only
     in-domain images count: on the stock photos a Fashion-MNIST head's top-1 is a near-tie that any
@@ -191,6 +191,7 @@ def check_int8(head: Head, model: Backbone, artifact: Path, manifest, held_out: 
         images=count, batch_size=min(parity.BATCH_SIZE, count),
         max_abs_diff={"logits": float(np.max(np.abs(logits - reference_logits)))},
         max_scaled_diff={"logits": scaled}, top1_agreement=top1, tolerance=parity.FP32.tolerance,
+        min_top1_agreement=quantize.thresholds(labelled=True, classifier=True).min_top1_agreement,
         sources=(held_out.sample.source,),
         provider=parity.PROVIDER, accuracy=accuracy, median_cosine=median,
     )

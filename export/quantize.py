@@ -6,16 +6,17 @@ the graph keeps float32 inputs and outputs and the service feeds it exactly what
 The defaults (`Settings`) were chosen by measurement (benchmarks/RESULTS.md, "INT8").
 
 The gate runs the INT8 and the FP32 graph on held-out images (never the calibration images) and
-refuses the artifact, with one line naming what failed, unless top-1 agreement >= MIN_TOP1_AGREEMENT
-(classifiers), the median cosine of the two embeddings >= MIN_MEDIAN_COSINE, and, where the
-held-out images carry the model's own labels, accuracy falls by at most MAX_ACCURACY_DROP.
+refuses the artifact, with one line naming what failed, past the `thresholds` that apply: where the
+held-out images carry the model's own labels, accuracy may fall by at most MAX_ACCURACY_DROP;
+without labels, the median cosine of the two embeddings must be >= MIN_MEDIAN_COSINE and a
+classifier's top-1 agreement >= MIN_TOP1_AGREEMENT.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
@@ -149,36 +150,51 @@ def gate(fp32: Path, int8: Path, images: Sequence[Image.Image], spec: Preprocess
     if failures:
         raise QuantizationError(f"INT8 accuracy gate failed on {len(images)} held-out images ({held_out.source}): "
                                 f"{'; '.join(failures)} (measured: {measured(median, top1, accuracy)})")
-    labelled = accuracy is not None  # then the accuracy drop alone is gated (`failures_of`)
+    applied = thresholds(labelled=accuracy is not None, classifier=top1 is not None)
     figures = AccuracyGateFigures(
-        held_out=held_out, median_cosine=median, min_median_cosine=None if labelled else MIN_MEDIAN_COSINE,
-        worst_cosine=float(cosine.min()), top1_agreement=top1,
-        min_top1_agreement=MIN_TOP1_AGREEMENT if top1 is not None and not labelled else None,
-        accuracy=accuracy, max_accuracy_drop=MAX_ACCURACY_DROP if labelled else None,
+        held_out=held_out, median_cosine=median, worst_cosine=float(cosine.min()), top1_agreement=top1,
+        accuracy=accuracy, **asdict(applied),
     )
     log.info("INT8 gate on %d held-out images: median cosine %.4f (worst %.4f), top-1 agreement %s, accuracy %s",
              len(images), median, figures.worst_cosine, top1, accuracy)
     return figures
 
 
-def failures_of(median_cosine: float | None, top1: float | None, accuracy: dict[str, float] | None) -> list[str]:
-    """Each figure past its threshold, in words; None: not measured.
+@dataclass(frozen=True)
+class Thresholds:
+    """What the gate holds each figure to; None: recorded, not gated."""
 
-    Where the held-out images have labels (`accuracy`), the accuracy drop alone decides: it measures
-    what a user of the model loses, while on a labelled split the FP32 model's own mistakes are
-    mostly near-ties that quantization flips both ways (top-1 agreement then falls with no loss of
-    accuracy), and its images may be far from photos (the embedding's cosine with them). Without
-    labels the median embedding cosine and the top-1 agreement with FP32 decide.
+    min_median_cosine: float | None
+    min_top1_agreement: float | None
+    max_accuracy_drop: float | None
+
+
+def thresholds(*, labelled: bool, classifier: bool) -> Thresholds:
+    """The gate's rule. Where the held-out images have labels, the accuracy drop alone decides: it
+    measures what a user of the model loses, while on a labelled split the FP32 model's own mistakes
+    are mostly near-ties that quantization flips both ways (top-1 agreement then falls with no loss
+    of accuracy), and its images may be far from photos (the embedding's cosine with them). Without
+    labels the median embedding cosine and, for a classifier, the top-1 agreement with FP32 decide.
     """
-    if accuracy is not None:
-        drop = accuracy["fp32"] - accuracy["int8"]
-        return [f"accuracy {accuracy['int8']:.2%} vs FP32 {accuracy['fp32']:.2%}, a drop of {drop * 100:.2f} points "
-                f"> {MAX_ACCURACY_DROP * 100:.1f}"] if drop > MAX_ACCURACY_DROP else []
+    if labelled:
+        return Thresholds(min_median_cosine=None, min_top1_agreement=None, max_accuracy_drop=MAX_ACCURACY_DROP)
+    return Thresholds(min_median_cosine=MIN_MEDIAN_COSINE,
+                      min_top1_agreement=MIN_TOP1_AGREEMENT if classifier else None, max_accuracy_drop=None)
+
+
+def failures_of(median_cosine: float | None, top1: float | None, accuracy: dict[str, float] | None) -> list[str]:
+    """Each figure past its threshold (`thresholds`), in words; None: not measured."""
+    limits = thresholds(labelled=accuracy is not None, classifier=top1 is not None)
     failures = []
-    if median_cosine is not None and median_cosine < MIN_MEDIAN_COSINE:
-        failures.append(f"median embedding cosine {median_cosine:.4f} < {MIN_MEDIAN_COSINE}")
-    if top1 is not None and top1 < MIN_TOP1_AGREEMENT:
-        failures.append(f"top-1 agreement with FP32 {top1:.2%} < {MIN_TOP1_AGREEMENT:.0%}")
+    if limits.min_median_cosine is not None and median_cosine is not None and median_cosine < limits.min_median_cosine:
+        failures.append(f"median embedding cosine {median_cosine:.4f} < {limits.min_median_cosine}")
+    if limits.min_top1_agreement is not None and top1 is not None and top1 < limits.min_top1_agreement:
+        failures.append(f"top-1 agreement with FP32 {top1:.2%} < {limits.min_top1_agreement:.0%}")
+    if limits.max_accuracy_drop is not None and accuracy is not None:
+        drop = accuracy["fp32"] - accuracy["int8"]
+        if drop > limits.max_accuracy_drop:
+            failures.append(f"accuracy {accuracy['int8']:.2%} vs FP32 {accuracy['fp32']:.2%}, a drop of "
+                            f"{drop * 100:.2f} points > {limits.max_accuracy_drop * 100:.1f}")
     return failures
 
 
