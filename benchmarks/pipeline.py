@@ -2,14 +2,16 @@
 
 Decode + preprocess run in a thread pool (Pillow releases the GIL) while ONNX Runtime runs the
 previous batch, with the session settings the service uses (`Runner`, CPU provider, intra-op
-spinning as `GRAFT_INTRA_OP_SPINNING` says). No HTTP, no Ray, no queues beyond one batch in flight: anything that serves or
-batch-processes the same bytes on the same machine is measured against this figure.
+spinning as `GRAFT_INTRA_OP_SPINNING` says, as many batches in flight as its batcher runs at once).
+No HTTP, no Ray, no queues beyond the batches in flight: anything that serves or batch-processes the
+same bytes on the same machine is measured against this figure.
 """
 
 from __future__ import annotations
 
 import itertools
 import statistics
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -48,6 +50,7 @@ class Ceiling:
         per_batch: throughput at every batch size tried, in the order given.
         decode_threads: threads decoding and preprocessing.
         intra_op_threads: ONNX Runtime intra-op threads (0: one per physical core).
+        concurrent_batches: batches run at once on the session, each with the next one decoding.
         provider: the execution provider the session ran on.
         distinct_images: how many different encoded images were cycled through.
     """
@@ -58,6 +61,7 @@ class Ceiling:
     per_batch: tuple[BatchFigure, ...]
     decode_threads: int
     intra_op_threads: int
+    concurrent_batches: int
     provider: str
     distinct_images: int
 
@@ -71,30 +75,41 @@ def _prepare(data: bytes, spec: PreprocessingSpec) -> np.ndarray:
 
 
 def _throughput(
-    runner: Runner, pool: ThreadPoolExecutor, blobs: Iterator[bytes], batch_size: int, seconds: float
+    runner: Runner, pool: ThreadPoolExecutor, blobs: Iterator[bytes], batch_size: int, seconds: float, concurrency: int,
 ) -> BatchFigure:
     spec = runner.manifest.image_spec
+    taking = threading.Lock()  # the loops share one cycle of images
 
     def submit() -> list[Future]:
-        return [pool.submit(_prepare, next(blobs), spec) for _ in range(batch_size)]
+        with taking:
+            data = [next(blobs) for _ in range(batch_size)]
+        return [pool.submit(_prepare, item, spec) for item in data]
 
     def gather(futures: list[Future]) -> np.ndarray:
         return normalize(np.stack([f.result() for f in futures]), spec)
 
     runner.infer(gather(submit()))  # first run of this shape: not timed
-    pending = submit()
-    images = 0
     started = time.perf_counter()
-    while True:
-        batch = gather(pending)
-        pending = submit()  # decoded while this batch runs
-        runner.infer(batch)
-        images += batch_size
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds:
-            break
-    for future in pending:  # let the pool drain so the next batch size starts on idle cores
-        future.result()
+
+    def loop() -> tuple[int, float]:
+        pending = submit()
+        images = 0
+        while True:
+            batch = gather(pending)
+            pending = submit()  # decoded while this batch runs
+            runner.infer(batch)
+            images += batch_size
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                break
+        for future in pending:  # let the pool drain so the next batch size starts on idle cores
+            future.result()
+        return images, elapsed
+
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="batch") as loops:
+        counts = list(loops.map(lambda _: loop(), range(concurrency)))
+    images = sum(count for count, _ in counts)
+    elapsed = max(took for _, took in counts)
     return BatchFigure(batch_size, images, round(elapsed, 3), round(images / elapsed, 2))
 
 
@@ -105,6 +120,7 @@ def pipeline_ceiling(
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     decode_threads: int | None = None,
     intra_op_threads: int = 0,
+    concurrent_batches: int | None = None,
     seconds: float = 5.0,
     latency_samples: int = 20,
 ) -> Ceiling:
@@ -116,6 +132,8 @@ def pipeline_ceiling(
         batch_sizes: batch sizes to measure, each for about `seconds`.
         decode_threads: decoding threads; default as the service's (`GRAFT_DECODE_THREADS`).
         intra_op_threads: ORT intra-op threads; 0: one per physical core.
+        concurrent_batches: batches in flight at once; default as the service's batcher
+            (`GRAFT_CONCURRENT_BATCHES`).
         seconds: measuring time per batch size (at least one batch is always run).
         latency_samples: single images timed for the batch-1 latency.
 
@@ -131,10 +149,11 @@ def pipeline_ceiling(
         intra_op_threads=intra_op_threads, trt_cache_dir=directory / ".trt-unused", **ServeConfig().session_spinning(),
     )
     threads = decode_threads or ServeConfig().decode_threads
+    concurrency = concurrent_batches or ServeConfig().concurrent_batches
     spec = manifest.image_spec
     cycle = itertools.cycle(blobs)
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
-        figures = tuple(_throughput(runner, pool, cycle, size, seconds) for size in batch_sizes)
+        figures = tuple(_throughput(runner, pool, cycle, size, seconds, concurrency) for size in batch_sizes)
     latencies = []
     runner.infer(normalize(_prepare(next(cycle), spec)[None], spec))  # first batch-1 run: not timed
     for _ in range(latency_samples):
@@ -145,5 +164,6 @@ def pipeline_ceiling(
     return Ceiling(
         images_per_second=best.images_per_second, batch_size=best.batch_size,
         batch1_p50_ms=round(statistics.median(latencies), 2), per_batch=figures, decode_threads=threads,
-        intra_op_threads=intra_op_threads, provider=runner.provider, distinct_images=len(set(blobs)),
+        intra_op_threads=intra_op_threads, concurrent_batches=concurrency, provider=runner.provider,
+        distinct_images=len(set(blobs)),
     )

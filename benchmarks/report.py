@@ -120,7 +120,7 @@ def pipeline_table(pipeline: dict) -> str:
     return _table(["batch", "images/s"], rows) + (
         f"\n\nbest {pipeline['images_per_second']} images/s at batch {pipeline['batch_size']}; one image alone "
         f"(decode + preprocess + inference) p50 {pipeline['batch1_p50_ms']} ms; {pipeline['decode_threads']} decode "
-        f"threads, {pipeline['provider']}"
+        f"threads, {pipeline['concurrent_batches']} batches in flight, {pipeline['provider']}"
     )
 
 

@@ -1,11 +1,15 @@
-"""graft's batcher: one per ONNX Runtime session; greedy batches run in a dedicated thread.
+"""graft's batcher: one per ONNX Runtime session; greedy batches run in threads of its own.
 
 Requests hand it items (one preprocessed image each) and await one result per item. A batch starts
-as soon as the session is free and takes everything queued, up to `max_batch`: under load the
-queue fills while the previous batch runs, so batches grow with load and nobody waits for partners
-that may never come (Triton's dynamic batcher with a zero queue delay; infinity's `BatchHandler`).
-The session runs in one thread of its own (ONNX Runtime releases the GIL), so the event loop keeps
-parsing, decoding and answering meanwhile.
+as soon as one of the session's `concurrency` run slots is free and takes everything queued, up to
+`max_batch`: under load the queue fills while the running batches run, so batches grow with load
+and nobody waits for partners that may never come (Triton's dynamic batcher with a zero queue
+delay; infinity's `BatchHandler`). Each slot is a thread of the batcher's (ONNX Runtime releases
+the GIL and its sessions take concurrent runs), so the event loop keeps parsing, decoding and
+answering meanwhile. Two slots (`GRAFT_CONCURRENT_BATCHES=2`) are Triton's two model instances
+without a second copy of the model: on the CPU, one batch's serial operators and thread hand-offs
+leave cores idle that the other batch fills, for the memory of a second batch's activations. A
+lone request still runs alone, on every intra-op thread.
 
 Overload is refused, never queued without bound: a full queue answers 429 at once; an item that
 cannot finish before its deadline (from the measured time per batch) is answered 503 instead of
@@ -28,7 +32,7 @@ from graft.service.errors import TooManyRequests, Unavailable
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[list[Any]], Sequence[Any]]
-"""Runs one batch of item payloads in the batcher's thread; returns one result per payload."""
+"""Runs one batch of item payloads in one of the batcher's threads; returns one result per payload."""
 
 
 @dataclass(eq=False)
@@ -50,12 +54,15 @@ class BatchObserver:
 
 
 class Batcher:
-    """Queue items for `run` and execute them in greedy batches on a dedicated thread.
+    """Queue items for `run` and execute them in greedy batches, up to `concurrency` at once, each in a
+    thread of the batcher's.
 
     Args:
-        name: used for the thread's name and in messages.
-        run: the batch function (e.g. stack, ONNX Runtime, split); called in the batcher's thread.
+        name: used for the threads' names and in messages.
+        run: the batch function (e.g. stack, ONNX Runtime, split); called in the batcher's threads,
+            at most `concurrency` calls at once.
         max_batch: most items in one call of `run`.
+        concurrency: most batches running at once.
         max_queue: most items waiting; `submit` refuses more with `TooManyRequests` (429).
         observer: receives queue depth, batch sizes, times and shed counts.
         clock: seconds that only go forward; deadlines and the time per item are measured on it.
@@ -63,28 +70,31 @@ class Batcher:
     """
 
     def __init__(
-        self, name: str, run: RunBatch, *, max_batch: int, max_queue: int,
+        self, name: str, run: RunBatch, *, max_batch: int, max_queue: int, concurrency: int = 1,
         observer: BatchObserver | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_batch < 1 or max_queue < 1:
-            raise ValueError(f"expected max_batch and max_queue >= 1, got {max_batch} and {max_queue}")
+        if min(max_batch, max_queue, concurrency) < 1:
+            raise ValueError(f"expected max_batch, max_queue and concurrency >= 1, got {max_batch}, {max_queue} "
+                             f"and {concurrency}")
         self.name = name
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.concurrency = concurrency
         self._run = run
         self._clock = clock
         self._observer = observer or BatchObserver()
         self._queue: deque[_Item] = deque()
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"graft-batch-{name}")
+        self._running: set[asyncio.Task] = set()  # batches running now (the loop keeps only weak references)
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix=f"graft-batch-{name}")
         # Seconds per item of a batch, a moving average over finished batches; 0 until the first
         # batch has run, so nothing is shed on a guess.
         self._per_item = 0.0
 
     @property
     def depth(self) -> int:
-        """Items waiting (not counting the batch running now)."""
+        """Items waiting (not counting the batches running now)."""
         return len(self._queue)
 
     async def submit(self, payloads: Sequence[Any], *, deadline: float) -> list[Any]:
@@ -137,7 +147,7 @@ class Batcher:
             item = self._queue.popleft()
             if item.future.done():  # cancelled: its request went away or already failed
                 continue
-            # The batch starts now (the session is free) and grows by this item.
+            # The batch starts now (a run slot is free) and grows by this item.
             finish = now + (len(batch) + 1) * self._per_item
             if finish > item.deadline:
                 late += 1
@@ -155,31 +165,40 @@ class Batcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.concurrency)
         while True:
             if not self._queue:
                 self._ready.clear()
                 await self._ready.wait()
+            await free.acquire()  # items keep queueing while every slot is busy: the next batch grows
             batch = self._take()
             if not batch:
+                free.release()
                 continue
-            started = self._clock()
-            try:
-                results = await loop.run_in_executor(self._thread, self._run, [item.payload for item in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"expected {len(batch)} results from the batch, got {len(results)}")
-            except Exception as error:  # fails this batch's requests only; the loop goes on
-                log.exception("batch of %d on %s failed", len(batch), self.name)
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(error)
-                continue
-            elapsed = self._clock() - started
-            for item, result in zip(batch, results):
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            task.add_done_callback(lambda _: free.release())
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        started = self._clock()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._threads, self._run, [item.payload for item in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"expected {len(batch)} results from the batch, got {len(results)}")
+        except Exception as error:  # fails this batch's requests only; the loop goes on
+            log.exception("batch of %d on %s failed", len(batch), self.name)
+            for item in batch:
                 if not item.future.done():
-                    item.future.set_result(result)
-            self._learn(len(batch), elapsed)
-            self._observer.batch(len(batch), [started - item.enqueued for item in batch], elapsed)
+                    item.future.set_exception(error)
+            return
+        elapsed = self._clock() - started
+        for item, result in zip(batch, results):
+            if not item.future.done():
+                item.future.set_result(result)
+        self._learn(len(batch), elapsed)
+        self._observer.batch(len(batch), [started - item.enqueued for item in batch], elapsed)
 
     def _learn(self, size: int, seconds: float) -> None:
         per_item = seconds / size
@@ -187,10 +206,12 @@ class Batcher:
         self._per_item += weight * (per_item - self._per_item)
 
     def close(self) -> None:
-        """Stop the loop and the thread (pending items are cancelled)."""
+        """Stop the loop and the threads (pending items are cancelled)."""
         if self._task is not None:
             self._task.cancel()
+        for task in self._running:
+            task.cancel()
         for item in self._queue:
             item.future.cancel()
         self._queue.clear()
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown(wait=False, cancel_futures=True)

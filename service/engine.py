@@ -1,7 +1,7 @@
 """One served artifact at run time: its ONNX Runtime session (`Runner`) behind its batcher.
 
 Routes hand an engine preprocessed images and get one result per image; the engine's batch
-function runs in the batcher's thread: stack, run the session, softmax, split.
+function runs in the batcher's threads: stack, run the session, softmax, split.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class Engine:
         self.text = self.runner if isinstance(self.runner, TextRunner) else None
         self.batcher = Batcher(
             model.name, self._run_batch, max_batch=config.max_batch_size, max_queue=config.max_queue,
+            concurrency=config.concurrent_batches,
             observer=metrics().observer(model.name),
         )
 

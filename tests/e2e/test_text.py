@@ -33,8 +33,10 @@ def text_server(text_artifact, tmp_path_factory):
     folder = tmp_path_factory.mktemp("text-server")
     image_model = folder / synthetic.NAME
     synthetic.write_artifact(image_model)
+    # Two batches in flight per model: the concurrent-clients test checks answers stay unmixed with them.
     running = serve([text_artifact, image_model], folder / "server.log", GRAFT_MAX_TEXT_CHARS=str(MAX_CHARS),
-                    GRAFT_MAX_IMAGES="16", GRAFT_ADMIN_TOKEN=TOKEN, GRAFT_HEADS_DIR=str(folder / "heads"))
+                    GRAFT_MAX_IMAGES="16", GRAFT_ADMIN_TOKEN=TOKEN, GRAFT_HEADS_DIR=str(folder / "heads"),
+                    GRAFT_CONCURRENT_BATCHES="2")
     with started(running):
         yield running
 

@@ -194,3 +194,50 @@ def test_the_event_loop_runs_while_a_batch_does():
 
     loop_thread, session_threads = run(scenario())
     assert session_threads and loop_thread not in session_threads
+
+
+def test_with_two_slots_a_second_batch_runs_beside_the_first_and_the_next_grows_meanwhile():
+    async def scenario():
+        batcher, session, clock = batcher_on(max_batch=8, max_queue=64, concurrency=2)
+        session.hold()
+        first = asyncio.ensure_future(batcher.submit([1], deadline=far(clock)))
+        await wait_running(session)
+        second = asyncio.ensure_future(batcher.submit([2, 3], deadline=far(clock)))
+        await until(lambda: len(session.batches) == 2)  # started while the first is still held
+        # Both slots busy: these wait, and go together into the next batch.
+        later = [asyncio.ensure_future(batcher.submit(items, deadline=far(clock))) for items in ([4], [5, 6])]
+        await until(lambda: batcher.depth == 3)
+        assert len(session.batches) == 2
+        session.release.set()
+        results = await asyncio.gather(first, second, *later)
+        batcher.close()
+        return session.batches, session.threads, results
+
+    batches, threads, results = run(scenario())
+    assert batches == [[1], [2, 3], [4, 5, 6]]
+    assert len(threads) == 2  # each running batch in a thread of its own
+    assert results == [[2], [4, 6], [8], [10, 12]]
+
+
+def test_a_failing_batch_frees_its_slot_and_leaves_the_other_running_batch_alone():
+    async def scenario():
+        batcher, session, clock = batcher_on(max_batch=8, max_queue=64, concurrency=2)
+        session.hold()
+        good = asyncio.ensure_future(batcher.submit([1], deadline=far(clock)))
+        await wait_running(session)
+        bad = asyncio.ensure_future(batcher.submit(["bad"], deadline=far(clock)))
+        await until(lambda: len(session.batches) == 2)
+        session.release.set()
+        outcomes = await asyncio.gather(good, bad, return_exceptions=True)
+        after = [await batcher.submit([n], deadline=far(clock)) for n in (5, 6, 7)]  # more than the slots
+        batcher.close()
+        return outcomes, after
+
+    (good, bad), after = run(scenario())
+    assert good == [2] and isinstance(bad, RuntimeError)
+    assert after == [[10], [12], [14]]
+
+
+def test_limits_below_one_are_refused():
+    with pytest.raises(ValueError, match="concurrency >= 1"):
+        Batcher("m", FakeSession(FakeClock()), max_batch=8, max_queue=8, concurrency=0)

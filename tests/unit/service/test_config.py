@@ -128,3 +128,13 @@ def test_the_readme_documents_every_variable():
     table = (Path(__file__).parents[3] / "README.md").read_text().split("**Configuration**")[1].split("\n## ")[0]
     missing = [name for name in ServeConfig.model_fields if f"`GRAFT_{name.upper()}`" not in table]
     assert not missing
+
+
+def test_one_batch_at_a_time_unless_more_are_asked_for(monkeypatch):
+    monkeypatch.delenv("GRAFT_CONCURRENT_BATCHES", raising=False)
+    assert ServeConfig().concurrent_batches == 1
+    monkeypatch.setenv("GRAFT_CONCURRENT_BATCHES", "2")
+    assert ServeConfig().concurrent_batches == 2
+    monkeypatch.setenv("GRAFT_CONCURRENT_BATCHES", "0")
+    with pytest.raises(ConfigError, match="GRAFT_CONCURRENT_BATCHES"):
+        ServeConfig()
