@@ -196,20 +196,26 @@ def test_the_event_loop_runs_while_a_batch_does():
     assert session_threads and loop_thread not in session_threads
 
 
+async def two_batches_running(first: list, second: list) -> tuple[Batcher, FakeSession, FakeClock, list]:
+    """A batcher with two slots, `first` and `second` each running in one, both held mid-batch."""
+    batcher, session, clock = batcher_on(max_batch=8, max_queue=64, concurrency=2)
+    session.hold()
+    running = [asyncio.ensure_future(batcher.submit(first, deadline=far(clock)))]
+    await wait_running(session)
+    running.append(asyncio.ensure_future(batcher.submit(second, deadline=far(clock))))
+    await until(lambda: len(session.batches) == 2)  # the second started while the first is held
+    return batcher, session, clock, running
+
+
 def test_with_two_slots_a_second_batch_runs_beside_the_first_and_the_next_grows_meanwhile():
     async def scenario():
-        batcher, session, clock = batcher_on(max_batch=8, max_queue=64, concurrency=2)
-        session.hold()
-        first = asyncio.ensure_future(batcher.submit([1], deadline=far(clock)))
-        await wait_running(session)
-        second = asyncio.ensure_future(batcher.submit([2, 3], deadline=far(clock)))
-        await until(lambda: len(session.batches) == 2)  # started while the first is still held
+        batcher, session, clock, running = await two_batches_running([1], [2, 3])
         # Both slots busy: these wait, and go together into the next batch.
         later = [asyncio.ensure_future(batcher.submit(items, deadline=far(clock))) for items in ([4], [5, 6])]
         await until(lambda: batcher.depth == 3)
         assert len(session.batches) == 2
         session.release.set()
-        results = await asyncio.gather(first, second, *later)
+        results = await asyncio.gather(*running, *later)
         batcher.close()
         return session.batches, session.threads, results
 
@@ -221,14 +227,9 @@ def test_with_two_slots_a_second_batch_runs_beside_the_first_and_the_next_grows_
 
 def test_a_failing_batch_frees_its_slot_and_leaves_the_other_running_batch_alone():
     async def scenario():
-        batcher, session, clock = batcher_on(max_batch=8, max_queue=64, concurrency=2)
-        session.hold()
-        good = asyncio.ensure_future(batcher.submit([1], deadline=far(clock)))
-        await wait_running(session)
-        bad = asyncio.ensure_future(batcher.submit(["bad"], deadline=far(clock)))
-        await until(lambda: len(session.batches) == 2)
+        batcher, session, clock, running = await two_batches_running([1], ["bad"])
         session.release.set()
-        outcomes = await asyncio.gather(good, bad, return_exceptions=True)
+        outcomes = await asyncio.gather(*running, return_exceptions=True)
         after = [await batcher.submit([n], deadline=far(clock)) for n in (5, 6, 7)]  # more than the slots
         batcher.close()
         return outcomes, after
