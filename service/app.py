@@ -3,8 +3,8 @@
 In each worker (BentoML's `workers`, `GRAFT_WORKERS`): the event loop parses and validates the
 request (`graft.service.routes`, an ASGI app mounted with BentoML's public `mount_asgi_app`); a
 thread pool decodes and preprocesses its images; each model's batcher runs them in greedy batches
-on that model's ONNX Runtime session, each batch in a thread of the batcher's; the route shapes the JSON. BentoML
-provides the process model, `/livez`, `/readyz`, `/metrics` and `bentoml build`.
+on that model's ONNX Runtime session, each batch in a thread of the batcher's; the route shapes the
+JSON. BentoML provides the process model, `/livez`, `/readyz`, `/metrics` and `bentoml build`.
 
 Run: `graft serve --model DIR_OR_TAG` or `GRAFT_MODELS=... bentoml serve graft.service.app:Graft`.
 """
