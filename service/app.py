@@ -129,7 +129,8 @@ class Worker:
         threading.Thread(target=self._warm, name="graft-warmup", daemon=True).start()
         if CONFIG.heads_dir is not None:
             threading.Thread(target=self._follow_heads, name="graft-heads", daemon=True).start()
-        log.info("serving %s (default %s)", sorted(self.engines), self.default_model)
+        log.info("serving %s (default %s; %d batch(es) at once per model)", sorted(self.engines), self.default_model,
+                 CONFIG.concurrent_batches)
 
     def _warm(self) -> None:
         started = time.perf_counter()

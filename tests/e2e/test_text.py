@@ -69,6 +69,7 @@ def test_concurrent_clients_get_their_own_texts_back(text_server, text_artifact)
         answers = list(pool.map(lambda t: post(text_server, "/embed", {"texts": [t], "model": TEXT_MODEL}), texts))
     got = np.asarray([a.json()["embeddings"][0] for a in answers], np.float32)
     assert np.abs(got - expected).max() < 1e-5
+    assert "2 batch(es) at once per model" in text_server.log.read_text()  # the setting reached the worker
 
 
 def test_truncation_is_stated_and_can_be_refused(text_server):
