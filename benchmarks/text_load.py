@@ -2,8 +2,8 @@
 
 Ceiling: what one process does with no HTTP: tokenise a batch of `--clients` sentences with the
 artifact's tokenizer, pad it, run it on ONNX Runtime (`TextRunner`, the session settings the service
-uses), repeat. Service: `--clients` concurrent clients, each sending one sentence per `/embed`
-request as JSON, as fast as answers come. The sentences are real (~20 words: the first 20 words of
+uses, as many batches at once as its batcher), repeat. Service: `--clients` concurrent clients, each
+sending one sentence per `/embed` request as JSON, as fast as answers come. The sentences are real (~20 words: the first 20 words of
 BBC News articles' first paragraphs). The phases alternate (ceiling, service, ceiling) so that the
 ratio compares like with like on a shared machine.
 
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -36,17 +38,27 @@ def sentences() -> list[str]:
 
 
 def ceiling(artifact: Path, texts: Sequence[str], *, batch: int, seconds: float) -> float:
-    """Texts per second through tokenise + pad + ONNX Runtime in this process, batches of `batch`."""
+    """Texts per second through tokenise + pad + ONNX Runtime in this process, batches of `batch`, as
+    many at once as the service's batcher runs (`GRAFT_CONCURRENT_BATCHES`)."""
     config = ServeConfig(models=(str(artifact),))
     runner = TextRunner(artifact, read_manifest(artifact), buckets=config.batch_buckets(), providers=config.providers,
                         intra_op_threads=config.session_threads(), trt_cache_dir=config.trt_cache_dir)
     runner.warmup()
     chunks = itertools.cycle([texts[i:i + batch] for i in range(0, len(texts) - batch + 1, batch)])
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        chunk = next(chunks)
-        runner.infer(*pad([e.ids for e in runner.tokenizer.encode(chunk)], runner.tokenizer.spec.pad_id))
-        done += len(chunk)
+    taking = threading.Lock()  # the loops share one cycle of chunks
+    started = time.perf_counter()
+
+    def loop() -> int:
+        done = 0
+        while time.perf_counter() - started < seconds:
+            with taking:
+                chunk = next(chunks)
+            runner.infer(*pad([e.ids for e in runner.tokenizer.encode(chunk)], runner.tokenizer.spec.pad_id))
+            done += len(chunk)
+        return done
+
+    with ThreadPoolExecutor(config.concurrent_batches) as loops:
+        done = sum(loops.map(lambda _: loop(), range(config.concurrent_batches)))
     return done / (time.perf_counter() - started)
 
 
